@@ -1,0 +1,218 @@
+"""Typed configuration: every default of distillm, visible in one place.
+
+These dataclasses are registered in Hydra's ConfigStore as the schema of the
+composed config, so a misspelled key or a wrong type is refused before any work
+starts. The YAML files under ``conf/`` pick values for the config groups; the
+defaults below are what a group leaves unset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+STAGE_NAMES = ("sft-teacher", "sft-student", "generate-student", "distill", "evaluate", "pipeline")
+LOSS_NAMES = ("fkl", "rkl", "skew_fkl", "skew_rkl", "jsd", "tvd", "distillm2")
+OFF_POLICY_MODES = ("none", "on_policy", "adaptive")
+SCHEDULES = ("decreasing", "constant", "increasing")
+
+
+@dataclass
+class ModelConfig:
+    """A teacher/student pair: hub ids, local directories or built-in presets."""
+
+    name: str = "tiny"
+    teacher: str = "tiny-teacher"
+    student: str = "tiny-student"
+    # "" = the teacher's own tokenizer; "char" = the built-in character tokenizer.
+    tokenizer: str = ""
+    # Weights are kept in this dtype; loss math always runs in fp32.
+    dtype: str = "float32"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of the training stage being run (AdamW + cosine, METHOD.md §3)."""
+
+    max_steps: int = 300
+    micro_batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 5e-4
+    min_lr: float = 1e-7
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    # Validation loss every this many steps (drives the adaptive off-policy phi).
+    eval_interval: int = 50
+    valid_batches: int = 4
+    # Write a resumable checkpoint every this many steps (0: only at the end).
+    save_interval: int = 0
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class LossConfig:
+    """The distillation objective: kd_ratio * divergence + (1 - kd_ratio) * CE."""
+
+    name: str = "skew_fkl"
+    alpha: float = 0.1
+    beta: float = 0.5
+    temperature: float = 1.0
+    kd_ratio: float = 1.0
+    # Weight of an extra CE term on plain pre-training text (DistiLLM's LM loss).
+    lm_coef: float = 0.0
+    # Treat the student inside the skew mixture as a constant (DistiLLM-2's SRKL).
+    detach_mixture: bool = False
+    # Positions per chunk of the fused loss: bounds the [chunk, V] temporaries.
+    chunk_size: int = 1024
+
+
+@dataclass
+class OffPolicyConfig:
+    """Where each training batch comes from: dataset, fresh student samples, replay buffer."""
+
+    name: str = "adaptive"
+    # on_policy: probability of fresh student samples each step (GKD's lambda).
+    lmbda: float = 0.5
+    # adaptive (DistiLLM §4): starting probability, validation-loss rise that bumps it, bump size.
+    phi0: float = 0.0
+    eps: float = 0.1
+    phi_step: float = 0.1
+    capacity: int = 1000
+    schedule: str = "decreasing"
+
+
+@dataclass
+class DataConfig:
+    """Instruction data: the built-in toy tasks, a hub dataset, or local jsonl files."""
+
+    name: str = "toy"
+    # jsonl: the training file; records with instruction/input/output (or prompt/response).
+    path: str = ""
+    valid_path: str = ""
+    test_path: str = ""
+    hub_id: str = ""
+    template: str = "compact"
+    max_length: int = 512
+    max_prompt_length: int = 256
+    # Hub/jsonl data without a validation file: the first valid_size records validate.
+    valid_size: int = 1000
+    # Which split each stage reads (the toy data has a larger labelled pool for the teacher
+    # and unlabelled prompts for teacher generation; real data uses train for both).
+    teacher_split: str = "teacher_train"
+    train_split: str = "train"
+    generate_split: str = "unlabelled"
+    valid_split: str = "valid"
+    test_split: str = "test"
+    # Cap on training examples per split (0: all).
+    max_examples: int = 0
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings for generate-student and off-policy student samples."""
+
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    no_repeat_ngram_size: int = 0
+    batch_size: int = 32
+
+
+@dataclass
+class GenerateConfig:
+    """The generate-student stage: who answers which prompts."""
+
+    source: str = "student"
+    # "" means data.generate_split.
+    split: str = ""
+    max_prompts: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """The evaluate stage: decoding, seeds, which split, which metrics."""
+
+    split: str = ""
+    max_examples: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # name -> model dir or hub id; empty: the student (student_dir, else model.student).
+    models: dict[str, str] = field(default_factory=dict)
+    batch_size: int = 64
+    sampling: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+@dataclass
+class Config:
+    stage: str = "distill"
+    run_dir: str = "runs/${stage}/${now:%Y%m%d-%H%M%S}"
+    seed: int = 0
+    # never: refuse a run_dir that already holds a run; auto: continue from its newest checkpoint.
+    resume: str = "never"
+    overwrite: bool = False
+    # Where a stage finds models written by an earlier stage ("" = the model preset / hub id).
+    teacher_dir: str = ""
+    student_dir: str = ""
+    # distill: extra training data, a generations.jsonl written by generate-student.
+    generations: str = ""
+    device: str = "auto"
+    # CPU threads for torch (0: leave torch's default).
+    threads: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    off_policy: OffPolicyConfig = field(default_factory=OffPolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # DeepSpeed's own config, with DeepSpeed's own keys (conf/deepspeed/*.yaml).
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def validate(cfg) -> None:
+    """Refuse values no stage can work with, before any work starts (one clear line each)."""
+    from .errors import UserError
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    need(cfg.stage in STAGE_NAMES, f"unknown stage '{cfg.stage}'; choose one of {', '.join(STAGE_NAMES)}")
+    need(cfg.loss.name in LOSS_NAMES, f"unknown loss '{cfg.loss.name}'; choose loss= one of {', '.join(LOSS_NAMES)}")
+    need(0.0 <= cfg.loss.alpha < 1.0, f"loss.alpha={cfg.loss.alpha} is outside [0, 1); the papers use 0.1")
+    need(0.0 < cfg.loss.beta < 1.0, f"loss.beta={cfg.loss.beta} is outside (0, 1); use e.g. loss.beta=0.5")
+    need(0.0 <= cfg.loss.kd_ratio <= 1.0, f"loss.kd_ratio={cfg.loss.kd_ratio} is outside [0, 1]")
+    need(cfg.loss.temperature > 0, f"loss.temperature={cfg.loss.temperature} must be positive")
+    need(cfg.loss.chunk_size > 0, f"loss.chunk_size={cfg.loss.chunk_size} must be positive")
+    need(cfg.off_policy.name in OFF_POLICY_MODES,
+         f"unknown off_policy '{cfg.off_policy.name}'; choose off_policy= one of {', '.join(OFF_POLICY_MODES)}")
+    need(cfg.off_policy.schedule in SCHEDULES,
+         f"unknown off_policy.schedule '{cfg.off_policy.schedule}'; choose one of {', '.join(SCHEDULES)}")
+    need(0.0 <= cfg.off_policy.phi0 <= 1.0, f"off_policy.phi0={cfg.off_policy.phi0} is outside [0, 1]")
+    need(0.0 <= cfg.off_policy.lmbda <= 1.0, f"off_policy.lmbda={cfg.off_policy.lmbda} is outside [0, 1]")
+    need(cfg.off_policy.capacity > 0, f"off_policy.capacity={cfg.off_policy.capacity} must be positive")
+    for key in ("max_steps", "micro_batch_size", "grad_accum"):
+        value = cfg.train[key]
+        need(value > 0, f"train.{key}={value} must be a positive integer")
+    need(cfg.train.lr > 0, f"train.lr={cfg.train.lr} must be positive")
+    need(cfg.data.max_prompt_length > 0 and cfg.data.max_length > cfg.data.max_prompt_length,
+         f"data.max_length={cfg.data.max_length} must be longer than data.max_prompt_length="
+         f"{cfg.data.max_prompt_length}, or no response token fits")
+    need(cfg.generation.max_new_tokens > 0, "generation.max_new_tokens must be positive")
+    need(cfg.generation.batch_size > 0 and cfg.eval.batch_size > 0, "generation/eval batch_size must be positive")
+    need(cfg.generate.source in ("student", "teacher"),
+         f"generate.source='{cfg.generate.source}'; choose student or teacher")
+    need(cfg.resume in ("never", "auto"), f"resume='{cfg.resume}'; choose never or auto")
+    need(cfg.model.dtype in ("float32", "bfloat16", "float16"),
+         f"model.dtype='{cfg.model.dtype}'; choose float32, bfloat16 or float16")
+    need(cfg.data.name in ("toy", "dolly", "jsonl"), f"unknown data '{cfg.data.name}'; choose toy, dolly or jsonl")
+    zero = cfg.deepspeed.get("zero_optimization", {}).get("stage", 0)
+    need(zero in (0, 1, 2, 3), f"unknown ZeRO stage {zero}; choose deepspeed=zero0, zero1, zero2 or zero3")

@@ -1,0 +1,390 @@
+"""The one owner of DeepSpeed: process set-up, engines, the training loop, checkpoints.
+
+Every training stage (sft-teacher, sft-student, distill) goes through `build_engine`
+and `train`; nothing else calls `deepspeed.initialize`.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from omegaconf import OmegaConf
+
+from .errors import UserError
+from .ui import is_main_process, progress_bar
+
+log = logging.getLogger("distillm")
+
+
+# ------------------------------------------------------------------ process set-up
+@dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tune_cpu_allocator() -> None:
+    """Keep freed blocks in the heap instead of returning them to the OS every step.
+
+    glibc hands every freed block over 32 MB back to the kernel and faults it in again
+    on the next step; on CPU that doubled step time in our measurements (DESIGN.md).
+    mallopt at start-up gives users the fast setting without environment variables.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+    libc.mallopt(m_top_pad, 64 << 20)
+
+
+def setup_runtime(cfg) -> Runtime:
+    """Join (or create) the process group: works with or without the deepspeed launcher."""
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if not use_cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        _tune_cpu_allocator()
+    import deepspeed  # after DS_ACCELERATOR: it picks its accelerator on import
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    # A plain `distillm distill` is a one-process job: give DeepSpeed the variables a launcher would.
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    # DeepSpeed would JIT-compile a shared-memory allreduce op for CPU runs (~1.5 min of
+    # gcc on first use); gloo's allreduce is enough for CPU, so that build is switched off.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if not torch.distributed.is_initialized():
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    return Runtime(rank=rank, world_size=world, device=device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def all_reduce_sum(value: float, runtime: Runtime) -> float:
+    if runtime.world_size == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64,
+                          device=runtime.device if runtime.device.type == "cuda" else "cpu")
+    torch.distributed.all_reduce(tensor)
+    return float(tensor.item())
+
+
+# ------------------------------------------------------------------------- engines
+def deepspeed_config(cfg) -> dict:
+    config = OmegaConf.to_container(cfg.deepspeed, resolve=True)
+    if cfg.model.dtype == "bfloat16":
+        config.setdefault("bf16", {})["enabled"] = True
+    elif cfg.model.dtype == "float16":
+        config.setdefault("fp16", {})["enabled"] = True
+    return config
+
+
+def _cosine_schedule(optimizer, train_cfg) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay from lr to min_lr at max_steps (METHOD.md §3)."""
+    floor = train_cfg.min_lr / train_cfg.lr
+
+    def factor(step: int) -> float:
+        if step < train_cfg.warmup_steps:
+            return (step + 1) / train_cfg.warmup_steps
+        progress = (step - train_cfg.warmup_steps) / max(1, train_cfg.max_steps - train_cfg.warmup_steps)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_engine(model, cfg, runtime: Runtime):
+    """The student's DeepSpeed engine: torch AdamW (no JIT op builds) + cosine schedule."""
+    import deepspeed
+
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)  # biases and norms: no weight decay
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr)
+    scheduler = _cosine_schedule(optimizer, cfg.train)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg))
+    return engine
+
+
+def prepare_teacher(teacher, cfg, runtime: Runtime):
+    """A frozen teacher: sharded like the student under ZeRO-3, else a plain module on the device."""
+    teacher.eval()
+    teacher.requires_grad_(False)
+    if deepspeed_config(cfg).get("zero_optimization", {}).get("stage", 0) == 3:
+        import deepspeed
+
+        config = deepspeed_config(cfg)
+        config.pop("gradient_clipping", None)
+        engine, _, _, _ = deepspeed.initialize(model=teacher, config=config)
+        engine.eval()
+        return engine
+    return teacher.to(runtime.device)
+
+
+# ------------------------------------------------------------------- run directory
+IGNORED_FOR_COMPARISON = ("run_dir", "resume", "overwrite")
+
+
+def prepare_run_dir(cfg, runtime: Runtime, *, allow_existing: bool = False) -> Path:
+    """Create the run dir, refusing to overwrite a run made with another config.
+
+    allow_existing: a finished run with the same config may be continued (generate-student
+    skips the prompts it already answered).
+    """
+    run_dir = Path(cfg.run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    existing = run_dir / "config.yaml"
+    if runtime.main and existing.exists() and not cfg.overwrite:
+        previous = OmegaConf.to_container(OmegaConf.load(existing), resolve=True)
+        differs = {k for k in set(previous) | set(resolved)
+                   if k not in IGNORED_FOR_COMPARISON and previous.get(k) != resolved.get(k)}
+        if differs:
+            raise UserError(f"run_dir '{run_dir}' holds a run with another config (differs in "
+                            f"{', '.join(sorted(differs))}); pick a new run_dir or pass overwrite=true")
+        if (run_dir / "summary.json").exists() and cfg.resume != "auto" and not allow_existing:
+            raise UserError(f"run_dir '{run_dir}' already holds a finished run; pick a new run_dir, "
+                            "or pass overwrite=true to replace it")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if runtime.main:
+            OmegaConf.save(OmegaConf.create(resolved), existing)
+            if cfg.resume != "auto":
+                (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot write to run_dir '{run_dir}' ({error.strerror}); choose a writable run_dir") \
+            from error
+    return run_dir
+
+
+class RunLog:
+    """metrics.jsonl (one JSON object per logged step) and summary.json; rank 0 writes."""
+
+    def __init__(self, run_dir: Path, runtime: Runtime):
+        self.path, self.run_dir, self.main = run_dir / "metrics.jsonl", run_dir, runtime.main
+
+    def log(self, record: dict) -> None:
+        if self.main:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def summary(self, summary: dict) -> dict:
+        if self.main:
+            write_json_atomic(self.run_dir / "summary.json", summary)
+        return summary
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------- checkpoints
+def _gathered_state_dict(engine) -> dict:
+    """A full state dict of the engine's module (gathers ZeRO-3 shards on every rank)."""
+    module = engine.module if hasattr(engine, "module") else engine
+    if getattr(engine, "zero_optimization_stage", lambda: 0)() == 3:
+        import deepspeed
+
+        params = list(module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    return None
+
+
+def save_model(engine, tokenizer, out_dir: Path, runtime: Runtime, extra_files: dict | None = None) -> None:
+    """Write a Hugging Face model dir atomically: into a temp dir, then renamed into place."""
+    module = engine.module if hasattr(engine, "module") else engine
+    state = _gathered_state_dict(engine)
+    if runtime.main:
+        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        module.save_pretrained(tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+        for name, payload in (extra_files or {}).items():
+            (tmp / name).write_text(json.dumps(payload, indent=2))
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    if runtime.world_size > 1:
+        torch.distributed.barrier()
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_resume_point(engine, run_dir: Path, step: int, client_state: dict, keep: int, runtime: Runtime) -> None:
+    """A resumable checkpoint (model, optimizer, scheduler, data position, RNG, off-policy).
+
+    DeepSpeed writes into a temporary folder; only a complete folder is renamed to
+    step-N, so a kill during saving leaves the previous one loadable.
+    """
+    root = run_dir / "resume"
+    tmp = root / f".tmp-step-{step}"
+    if runtime.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if runtime.world_size > 1:
+        torch.distributed.barrier()
+    engine.save_checkpoint(str(tmp), tag="state", client_state={**client_state, "step": step, "rng": _rng_state()})
+    if runtime.world_size > 1:
+        torch.distributed.barrier()
+    if runtime.main:
+        os.replace(tmp, root / f"step-{step}")
+        for stale in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+            shutil.rmtree(stale, ignore_errors=True)
+    if runtime.world_size > 1:
+        torch.distributed.barrier()
+
+
+def load_resume_point(engine, run_dir: Path) -> dict | None:
+    """Restore the newest complete checkpoint in run_dir/resume; None when there is none."""
+    points = sorted((run_dir / "resume").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not points:
+        return None
+    _, client_state = engine.load_checkpoint(str(points[-1]), tag="state")
+    _set_rng_state(client_state["rng"])
+    log.info("resumed from %s", points[-1])
+    return client_state
+
+
+# ------------------------------------------------------------------ training loop
+@dataclass
+class StepPlan:
+    """What one optimizer step trains on: grad_accum micro-batches plus fields to log."""
+
+    micro_batches: list[dict]
+    info: dict
+
+
+def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
+          plan_step: Callable[[int], StepPlan],
+          micro_loss: Callable[[dict, float], tuple[torch.Tensor, dict]],
+          validation_loss: Callable[[], float] | None = None,
+          on_validation: Callable[[int, float], dict] | None = None,
+          state: dict | None = None, bar_fields: Callable[[], dict] | None = None) -> dict:
+    """The shared loop: plan a step, forward/backward each micro-batch, step, log, validate, save.
+
+    The loss of each micro-batch is a token *sum* divided by the response tokens of the
+    whole accumulation window on all ranks, times the world size (DeepSpeed averages
+    gradients over ranks). So grad_accum and the number of processes never change the update.
+    `state` maps names to objects with state_dict/load_state_dict that resume restores.
+    """
+    state = state or {}
+    runlog = RunLog(run_dir, runtime)
+    start_step = 0
+    if cfg.resume == "auto":
+        client_state = load_resume_point(engine, run_dir)
+        if client_state is not None:
+            start_step = client_state["step"]
+            for name, obj in state.items():
+                obj.load_state_dict(client_state["objects"][name])
+    engine.train()
+    last_loss, last_val, started, tokens_seen = float("nan"), None, time.perf_counter(), 0
+    with progress_bar(description, cfg.train.max_steps, start_step) as bar:
+        for step in range(start_step, cfg.train.max_steps):
+            plan = plan_step(step)
+            local_tokens = sum(int((b["labels"] != -100).sum()) for b in plan.micro_batches)
+            window_tokens = all_reduce_sum(local_tokens, runtime)
+            normalizer = max(window_tokens, 1.0) / runtime.world_size
+            step_loss, step_stats = 0.0, {}
+            for batch in plan.micro_batches:
+                loss, stats = micro_loss(batch, normalizer)
+                engine.backward(loss, scale_wrt_gas=False)
+                engine.step()
+                step_loss += float(loss.detach())
+                for key, value in stats.items():
+                    step_stats[key] = step_stats.get(key, 0.0) + value
+            last_loss = all_reduce_sum(step_loss, runtime) / runtime.world_size
+            if not math.isfinite(last_loss):
+                raise UserError(f"the loss became {last_loss} at step {step + 1}; lower train.lr or check the "
+                                "data (the last good checkpoint is kept)")
+            tokens_seen += local_tokens * runtime.world_size
+            per_token = max(step_stats.get("tokens", 0.0), 1.0)  # this rank's response tokens
+            record = {"step": step + 1, "loss": last_loss, "lr": engine.get_lr()[0], "tokens": int(window_tokens),
+                      "kd": step_stats.get("kd_sum", 0.0) / per_token, "ce": step_stats.get("ce_sum", 0.0) / per_token,
+                      **plan.info}
+            if validation_loss is not None and cfg.train.eval_interval and (
+                    (step + 1) % cfg.train.eval_interval == 0 or step + 1 == cfg.train.max_steps):
+                record["val_loss"] = last_val = validation_loss()
+                if on_validation is not None:
+                    record.update(on_validation(step + 1, record["val_loss"]))
+                engine.train()
+            runlog.log(record)  # every step: metrics.jsonl is the run's full record
+            bar.advance(1, tokens=int(window_tokens), loss=f"{last_loss:.4f}", **(bar_fields() if bar_fields else {}))
+            if cfg.train.save_interval and (step + 1) % cfg.train.save_interval == 0 \
+                    and step + 1 < cfg.train.max_steps:
+                save_resume_point(engine, run_dir, step + 1,
+                                  {"objects": {k: v.state_dict() for k, v in state.items()}},
+                                  cfg.train.keep_checkpoints, runtime)
+    elapsed = time.perf_counter() - started
+    return {"final_loss": last_loss, "val_loss": last_val, "steps": cfg.train.max_steps, "train_seconds": elapsed,
+            "tokens_per_second": tokens_seen / max(elapsed, 1e-9)}
+
+
+def stage_banner(name: str, cfg) -> None:
+    if is_main_process():
+        log.info("%s -> %s", name, cfg.run_dir)
+
+
+def forward_logits(model, batch: dict, device: torch.device, vocab: int) -> torch.Tensor:
+    """Logits [B, T, V] over the shared vocabulary (padded embedding rows dropped)."""
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+    return out.logits[..., :vocab]
+
+
+@torch.no_grad()
+def mean_over_batches(loss_sum_fn: Callable[[dict], tuple[float, float]], batches: list[dict],
+                      runtime: Runtime) -> float:
+    """Token-mean of a loss over validation batches, reduced over ranks."""
+    total, tokens = 0.0, 0.0
+    for batch in batches:
+        loss_sum, count = loss_sum_fn(batch)
+        total, tokens = total + loss_sum, tokens + count
+    return all_reduce_sum(total, runtime) / max(all_reduce_sum(tokens, runtime), 1.0)

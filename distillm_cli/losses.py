@@ -1,0 +1,580 @@
+"""Token-level distillation losses of DistiLLM and DistiLLM-2, fused and chunked.
+
+Notation (per response position, summed over the vocabulary V):
+p = softmax(teacher_logits / T), q = softmax(student_logits / T).
+
+    fkl       KL(p ‖ q)               = Σ p (log p − log q)
+    rkl       KL(q ‖ p)               = Σ q (log q − log p)
+    skew_fkl  KL(p ‖ α p + (1−α) q)   DistiLLM's SKL   (Ko et al., ICML 2024, §3)
+    skew_rkl  KL(q ‖ α q + (1−α) p)   DistiLLM's SRKL  (Ko et al., ICML 2024, §3)
+    jsd       β KL(p ‖ m) + (1−β) KL(q ‖ m),  m = β p + (1−β) q   (generalized JSD, GKD)
+    tvd       ½ Σ |p − q|
+
+Every loss here is the *true* divergence: it is 0 exactly when the student equals
+the teacher. The DistiLLM authors' code logs skew_fkl as the cross-entropy
+−Σ p log m = KL(p ‖ m) + H(p): it has the same gradient (the teacher entropy H(p)
+does not depend on the student) but a different value, offset by the teacher's
+entropy. Values reported by distillm are therefore lower than the authors' logs
+by H(p) for skew_fkl; the training signal is identical.
+
+Numerics. Everything is computed from log-probabilities (log_softmax) in float32
+at least (float64 inputs stay float64). The mixture is taken in log space,
+log m = logaddexp(log α + log p, log(1−α) + log q), so it never underflows to
+log 0 where both probabilities are tiny (the authors take log of the fp32
+probability mixture, which turns 0·log 0 into NaN). Terms whose weight
+probability is exactly 0 (for example vocabulary entries masked with −inf
+logits) count as 0 (0·log 0 = 0), selected with masked_fill, never by
+multiplying inf with 0. Caveat: plain fkl is +inf where the student gives −inf
+to a token the teacher supports (rkl: the reverse); that is the true value. The
+skew losses, jsd and tvd stay finite for any support.
+
+Memory and speed. All entry points share one fused pass (``_FusedLoss``): the
+kept positions (mask true) are processed in chunks of ``chunk_size`` rows; for
+each chunk the loss *and* its analytic gradient with respect to the student
+logits are formed at once and the gradient is written into one buffer shaped
+like the student logits (student dtype). Backward only scales that buffer by
+the incoming gradient. So no full [B, T, V] float32 temporaries exist beyond
+the logits, that buffer and one chunk's worth of work arrays. With a student
+that does not require grad (evaluation) no buffer is made.
+
+Analytic gradients. For a loss f(q) with q = softmax(z / T) and h = q ⊙ ∂f/∂q
+(the partial derivative through every occurrence of q, the mixture included),
+∂f/∂z = (h − q Σ_v h) / T. Per loss (before the projection):
+    fkl       h = −p
+    rkl       h = q (log q − log p)           (+q, which the projection removes)
+    skew_fkl  h = −(1−α) p q / m              (0 with detach_mixture)
+    skew_rkl  h = q (log q − log m) − α q² / m   (the last term absent with detach_mixture)
+    jsd       h = (1−β) q (log q − log m)     (same with or without detach: ∂f/∂m = −1
+                                               is constant over the vocabulary)
+    tvd       h = ½ q sign(q − p)
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.autograd.function import once_differentiable
+
+LOSS_NAMES = ("fkl", "rkl", "skew_fkl", "skew_rkl", "jsd", "tvd")
+_USES_ALPHA = ("skew_fkl", "skew_rkl")
+_USES_BETA = ("jsd", "distillm2")
+
+
+def check_loss_params(name: str, alpha: float, beta: float) -> None:
+    """Refuse an unknown loss name or out-of-range alpha / beta with one clear sentence.
+
+    alpha must lie in [0, 1) (alpha = 1 would make the skew mixture ignore the
+    student); beta in (0, 1), checked only for jsd and distillm2.
+    """
+    known = LOSS_NAMES + ("distillm2",)
+    if name not in known:
+        raise ValueError(f"unknown loss '{name}': set loss.name to one of {', '.join(known)}")
+    if not 0.0 <= float(alpha) < 1.0:
+        raise ValueError(f"loss alpha={alpha} is out of range: set loss.alpha to a value in [0, 1) (paper: 0.1)")
+    if name in _USES_BETA and not 0.0 < float(beta) < 1.0:
+        raise ValueError(f"loss beta={beta} is out of range: set loss.beta to a value in (0, 1) (paper: 0.5)")
+
+
+# ----------------------------------------------------------------------------
+# Per-chunk math. Each divergence takes ls = log q and lt = log p of one chunk
+# ([n, V], compute dtype, freshly allocated: the function may overwrite them)
+# and returns (div [n], h [n, V] or None, q [n, V] or None) with h = q ⊙ ∂f/∂q
+# up to a multiple of q (the projection h − q Σh removes it). h is None when
+# the student gets no gradient from this loss (need_grad false, or a detached
+# skew_fkl mixture).
+# ----------------------------------------------------------------------------
+
+
+def _log_mix(la, lx, l1a, ly):
+    """log(a·x + (1−a)·y) from log x, log y and the logs of a and 1 − a. [n, V]"""
+    out = torch.add(lx, la)  # [n, V]
+    other = torch.add(ly, l1a)  # [n, V]
+    return torch.logaddexp(out, other, out=out)
+
+
+def _div_fkl(ls, lt, la, l1a, beta, detach, need_grad):
+    p = lt.exp()  # [n, V]
+    zero_p = p == 0  # [n, V] bool: 0·log 0 = 0
+    term = lt.sub_(ls).mul_(p).masked_fill_(zero_p, 0.0)  # p (log p − log q), in lt's storage
+    div = term.sum(-1)  # [n]
+    if not need_grad:
+        return div, None, None
+    del zero_p
+    return div, p.neg_(), ls.exp_()
+
+
+def _div_rkl(ls, lt, la, l1a, beta, detach, need_grad):
+    d = lt.neg_().add_(ls)  # log q − log p, in lt's storage   [n, V]
+    q = ls.exp_()  # [n, V]
+    term = d.mul_(q).masked_fill_(q == 0, 0.0)  # q (log q − log p)
+    div = term.sum(-1)  # [n]
+    return div, (term if need_grad else None), q
+
+
+def _div_skew_fkl(ls, lt, la, l1a, beta, detach, need_grad):
+    lm = _log_mix(la, lt, l1a, ls)  # log(α p + (1−α) q)   [n, V]
+    p = lt.exp()  # [n, V]
+    d = lt.sub_(lm)  # log p − log m, in lt's storage
+    zero_p = p == 0
+    div = p.mul_(d).masked_fill_(zero_p, 0.0).sum(-1)  # [n]
+    del p, zero_p
+    if not need_grad:
+        return div, None, None
+    if detach:  # the student appears only inside the (constant) mixture
+        return div, None, ls.exp_()
+    # h = −(1−α) p q / m = −(1−α) exp(log p + log q − log m); 0 where m = 0.
+    h = d.add_(ls).exp_().masked_fill_(lm == float("-inf"), 0.0)  # [n, V]
+    h.mul_(l1a.exp().neg_() if torch.is_tensor(l1a) else -math.exp(l1a))
+    return div, h, ls.exp_()
+
+
+def _div_skew_rkl(ls, lt, la, l1a, beta, detach, need_grad):
+    lm = _log_mix(la, ls, l1a, lt)  # log(α q + (1−α) p)   [n, V]
+    d = torch.sub(ls, lm, out=lt)  # log q − log m, in lt's storage
+    v = None
+    if need_grad and not detach and not _is_zero(la):
+        v = torch.add(ls, d).add_(la).exp_()  # α q² / m = exp(log α + 2 log q − log m)   [n, V]
+    del lm
+    q = ls.exp_()  # [n, V]
+    zero_q = q == 0
+    term = d.mul_(q).masked_fill_(zero_q, 0.0)  # q (log q − log m)
+    div = term.sum(-1)  # [n]
+    if not need_grad:
+        return div, None, None
+    if v is not None:
+        term.sub_(v.masked_fill_(zero_q, 0.0))
+    return div, term, q
+
+
+def _div_jsd(ls, lt, la, l1a, beta, detach, need_grad):
+    lm = _log_mix(math.log(beta), lt, math.log1p(-beta), ls)  # log(β p + (1−β) q)   [n, V]
+    p = lt.exp()  # [n, V]
+    zero_p = p == 0  # [n, V] bool
+    div_p = p.mul_(lt.sub_(lm)).masked_fill_(zero_p, 0.0).sum(-1)  # Σ p (log p − log m)   [n]
+    del p, zero_p
+    q = torch.exp(ls, out=lt)  # [n, V], in lt's storage
+    term = ls.sub_(lm).mul_(q).masked_fill_(q == 0, 0.0)  # q (log q − log m)
+    div = beta * div_p + (1.0 - beta) * term.sum(-1)  # [n]
+    if not need_grad:
+        return div, None, None
+    return div, term.mul_(1.0 - beta), q
+
+
+def _div_tvd(ls, lt, la, l1a, beta, detach, need_grad):
+    q = ls.exp_()  # [n, V]
+    diff = lt.exp_().sub_(q).neg_()  # q − p, in lt's storage
+    sign = diff.sign()  # [n, V]
+    div = 0.5 * diff.mul_(sign).sum(-1)  # ½ Σ |q − p|   [n]
+    if not need_grad:
+        return div, None, None
+    return div, sign.mul_(q).mul_(0.5), q
+
+
+_DIVERGENCES = {
+    "fkl": _div_fkl,
+    "rkl": _div_rkl,
+    "skew_fkl": _div_skew_fkl,
+    "skew_rkl": _div_skew_rkl,
+    "jsd": _div_jsd,
+    "tvd": _div_tvd,
+}
+
+
+def _is_zero(la) -> bool:
+    """True when log α is the python float −inf (α = 0: no mixture term)."""
+    return not torch.is_tensor(la) and la == float("-inf")
+
+
+def _log_alphas(alpha):
+    """(log α, log(1 − α)) as python floats, or as [n, 1] tensors for per-row α."""
+    if torch.is_tensor(alpha):
+        return torch.log(alpha), torch.log1p(-alpha)
+    alpha = float(alpha)
+    return (math.log(alpha) if alpha > 0 else float("-inf")), math.log1p(-alpha)
+
+
+@dataclass
+class _Spec:
+    """What one fused pass computes. Per kept row r (batch index b):
+    objective += w_div[b] · div_r + w_ce · CE_r, with w_div = scale (float) or
+    scale[b] ([B] tensor), divided by the number of kept rows when ``mean``."""
+
+    name: str | None  # divergence name, None for pure cross-entropy
+    alpha: float | torch.Tensor = 0.1  # float or [B]
+    beta: float = 0.5
+    temperature: float = 1.0
+    detach: bool = False
+    scale: float | torch.Tensor = 1.0  # divergence weight: float or [B]
+    w_ce: float = 0.0  # cross-entropy weight in the objective
+    with_ce: bool = False  # compute the cross-entropy (value and stats) at all
+    mean: bool = False  # divide both weights by the number of kept rows
+    chunk_size: int = 1024
+
+
+def _chunk(s, t, labels, w, alpha, spec, w_ce, need_grad, cdt, out):
+    """Loss terms and gradient of one chunk of kept rows.
+
+    s: [n, V] student logit rows, t: [n, V] teacher rows (None for pure CE),
+    labels: [n] (None without CE), w: float or [n, 1] divergence weight, alpha:
+    float or [n, 1]. Returns (div [n] or None, ce [n] or None, grad [n, V] or
+    None): grad = ∂(Σ_r w_r div_r + w_ce CE_r)/∂s in compute dtype, written into
+    ``out`` ([n, V], compute dtype) when given and possible; None means zero.
+    """
+    inv_t = 1.0 / spec.temperature
+    s = s.to(cdt)  # [n, V] (no copy when already cdt)
+    ls = torch.log_softmax(s * inv_t if inv_t != 1.0 else s, dim=-1)  # log q   [n, V]
+    ce = q1 = None
+    if spec.with_ce:
+        lab = labels.unsqueeze(1)  # [n, 1]
+        if inv_t == 1.0:
+            ce = ls.gather(1, lab).squeeze(1).neg_()  # −log softmax(s)[label]   [n]
+        else:  # CE is always at temperature 1
+            lse = torch.logsumexp(s, dim=-1, keepdim=True)  # [n, 1]
+            ce = (lse - s.gather(1, lab)).squeeze(1)  # [n]
+            if need_grad and w_ce:
+                q1 = torch.sub(s, lse).exp_()  # softmax(s)   [n, V]
+    div = h = q = None
+    if spec.name is not None:
+        t = t.to(cdt)
+        lt = torch.log_softmax(t * inv_t if inv_t != 1.0 else t, dim=-1)  # log p   [n, V]
+        la, l1a = _log_alphas(alpha)
+        div, h, q = _DIVERGENCES[spec.name](ls, lt, la, l1a, spec.beta, spec.detach, need_grad)
+        del lt
+    elif need_grad:
+        q = ls.exp_()  # [n, V]
+    del ls
+    if not need_grad:
+        return div, ce, None
+    if q1 is None and w_ce:
+        q1 = q  # temperature 1: the CE softmax is q itself
+    grad = None
+    if h is not None:
+        # (w / T)(h − q Σh) + w_ce q1, with q1 = q folded into the row coefficient.
+        c = w.mul(inv_t) if torch.is_tensor(w) else w * inv_t  # float or [n, 1]
+        qcoef = h.sum(-1, keepdim=True).mul_(-c)  # [n, 1]
+        if q1 is q and w_ce:
+            qcoef.add_(w_ce)
+        grad = torch.mul(h, c, out=out) if out is not None else h.mul_(c)
+        del h
+        grad.addcmul_(q, qcoef)
+        if q1 is not q and w_ce:
+            grad.add_(q1, alpha=w_ce)
+    elif w_ce:
+        grad = q1.mul_(w_ce)
+    if grad is not None and w_ce:  # − w_ce · onehot(label)
+        rows = torch.arange(grad.shape[0], device=grad.device)
+        grad[rows, labels] -= w_ce
+    return div, ce, grad
+
+
+def _compute_dtype(*tensors):
+    """float64 if any input is float64, else float32 (bf16 / fp16 are upcast)."""
+    return torch.float64 if any(x is not None and x.dtype == torch.float64 for x in tensors) else torch.float32
+
+
+def _fused_forward(student, teacher, mask, labels, spec, need_grad):
+    """One chunked pass over the kept rows. Returns (objective, div_sum, ce_sum, grad_buffer or None).
+
+    student, teacher: [B, T, V]; mask: [B, T] bool; labels: [B, T] long or None.
+    """
+    B, T, V = student.shape
+    cdt = _compute_dtype(student, teacher)
+    device = student.device
+    b_idx, t_idx = mask.nonzero(as_tuple=True)  # [N], [N]
+    n_rows = b_idx.numel()
+    all_kept = n_rows == B * T
+    rows_view = {}  # contiguous [B*T, V] views for the all-kept fast path
+    if all_kept:
+        for key, x in (("s", student), ("t", teacher), ("y", labels)):
+            if x is not None and x.is_contiguous():
+                rows_view[key] = x.reshape(B * T, *x.shape[2:])
+    lin_idx = b_idx * T + t_idx  # [N] row index into a contiguous [B*T, V]
+
+    def take(key, x, lo, hi):
+        if key in rows_view:
+            return rows_view[key][lo:hi]
+        return x[b_idx[lo:hi], t_idx[lo:hi]]
+
+    per_token = 1.0 / n_rows if spec.mean and n_rows else (0.0 if spec.mean else 1.0)
+    w_ce = spec.w_ce * per_token
+    scale = spec.scale
+    if torch.is_tensor(scale):
+        scale = scale.to(device=device, dtype=cdt) * per_token  # [B]
+    else:
+        scale = float(scale) * per_token
+    alpha = spec.alpha.to(device=device, dtype=cdt) if torch.is_tensor(spec.alpha) else float(spec.alpha)
+
+    buf = buf_rows = None
+    if need_grad:
+        if all_kept:
+            buf = torch.empty((B, T, V), dtype=student.dtype, device=device)  # every row gets written
+        else:
+            buf = torch.zeros((B, T, V), dtype=student.dtype, device=device)  # masked rows stay 0
+        buf_rows = buf.view(B * T, V)
+    objective = torch.zeros((), dtype=cdt, device=device)
+    div_sum = torch.zeros((), dtype=cdt, device=device)
+    ce_sum = torch.zeros((), dtype=cdt, device=device)
+    step = max(1, int(spec.chunk_size))
+    for lo in range(0, n_rows, step):
+        hi = min(n_rows, lo + step)
+        s = take("s", student, lo, hi)  # [n, V]
+        t = take("t", teacher, lo, hi) if spec.name is not None else None  # [n, V]
+        y = take("y", labels, lo, hi) if spec.with_ce else None  # [n]
+        w = scale[b_idx[lo:hi]].unsqueeze(1) if torch.is_tensor(scale) else scale  # float or [n, 1]
+        a = alpha[b_idx[lo:hi]].unsqueeze(1) if torch.is_tensor(alpha) else alpha  # float or [n, 1]
+        direct = need_grad and all_kept and buf.dtype == cdt
+        out = buf_rows[lo:hi] if direct else None
+        div, ce, grad = _chunk(s, t, y, w, a, spec, w_ce, need_grad, cdt, out)
+        if div is not None:
+            div_sum += div.sum()
+            objective += (div * w.squeeze(1)).sum() if torch.is_tensor(w) else div.sum() * w
+        if ce is not None:
+            ce_sum += ce.sum()
+            if w_ce:
+                objective += ce.sum() * w_ce
+        if need_grad:
+            if grad is None:
+                if all_kept:
+                    buf_rows[lo:hi].zero_()
+            elif all_kept:
+                if out is None or grad.data_ptr() != out.data_ptr():
+                    buf_rows[lo:hi].copy_(grad)
+            else:
+                buf_rows.index_copy_(0, lin_idx[lo:hi], grad.to(buf.dtype))
+        del s, t, grad
+    return objective, div_sum, ce_sum, buf
+
+
+class _FusedLoss(torch.autograd.Function):
+    """Chunked loss whose forward also forms d(objective)/d(student logits).
+
+    forward(student [B, T, V], teacher [B, T, V] | None, mask [B, T], labels [B, T] | None, spec)
+    → (objective, div_sum, ce_sum); only the objective is differentiable. The
+    gradient buffer (student dtype, shape of the student logits) is the only
+    tensor kept for backward; the teacher never gets a gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, mask, labels, spec):
+        objective, div_sum, ce_sum, buf = _fused_forward(student, teacher, mask, labels, spec, need_grad=True)
+        ctx.save_for_backward(buf)
+        ctx.mark_non_differentiable(div_sum, ce_sum)
+        return objective, div_sum, ce_sum
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_objective, _grad_div, _grad_ce):
+        (buf,) = ctx.saved_tensors
+        # The common call is loss.backward() (grad 1): hand over the buffer itself, no copy.
+        if grad_objective.numel() == 1 and bool(grad_objective == 1):
+            return buf, None, None, None, None
+        return buf * grad_objective.to(buf.dtype), None, None, None, None
+
+
+def _run(student, teacher, mask, labels, spec):
+    """Dispatch: the autograd Function when the student needs a gradient, else a plain pass."""
+    if torch.is_grad_enabled() and student.requires_grad:
+        return _FusedLoss.apply(student, teacher, mask, labels, spec)
+    objective, div_sum, ce_sum, _ = _fused_forward(student, teacher, mask, labels, spec, need_grad=False)
+    return objective, div_sum, ce_sum
+
+
+def _check_inputs(student, teacher, mask):
+    if student.dim() != 3:
+        raise ValueError(f"student logits must be [B, T, V], got shape {tuple(student.shape)}")
+    if teacher is not None and teacher.shape != student.shape:
+        raise ValueError(
+            f"teacher logits {tuple(teacher.shape)} and student logits {tuple(student.shape)} differ in shape: "
+            "use a teacher and student with the same tokenizer and vocabulary size"
+        )
+    if not student.is_floating_point() or (teacher is not None and not teacher.is_floating_point()):
+        raise ValueError("logits must be a floating-point tensor")
+    if mask.shape != student.shape[:2]:
+        raise ValueError(f"mask must be [B, T] = {tuple(student.shape[:2])}, got {tuple(mask.shape)}")
+    return mask.to(torch.bool)
+
+
+def _check_alpha(alpha, what="alpha"):
+    if torch.is_tensor(alpha):
+        if alpha.numel() and not bool(((alpha >= 0) & (alpha < 1)).all()):
+            raise ValueError(f"{what} values must lie in [0, 1)")
+    elif not 0.0 <= float(alpha) < 1.0:
+        raise ValueError(f"{what}={alpha} must lie in [0, 1)")
+
+
+def _divergence(name, student_logits, teacher_logits, mask, alpha, beta, temperature, detach_mixture,
+                chunk_size, reduction):
+    mask = _check_inputs(student_logits, teacher_logits, mask)
+    if teacher_logits is None:
+        raise ValueError(f"loss '{name}' needs teacher logits")
+    check_loss_params(name, alpha if name in _USES_ALPHA else 0.0, beta)
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction='{reduction}' is not supported: use 'mean' or 'sum'")
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be positive")
+    spec = _Spec(name=name, alpha=alpha if name in _USES_ALPHA else 0.0, beta=float(beta),
+                 temperature=float(temperature), detach=bool(detach_mixture), scale=1.0,
+                 mean=reduction == "mean", chunk_size=int(chunk_size))
+    objective, _, _ = _run(student_logits, teacher_logits, mask, None, spec)
+    return objective
+
+
+# ----------------------------------------------------------------------------
+# Public losses: fn(student_logits [B, T, V], teacher_logits [B, T, V], mask [B, T]) -> scalar.
+# Parameters a loss does not use are accepted and ignored.
+# ----------------------------------------------------------------------------
+
+
+def fkl(student_logits, teacher_logits, mask, *, alpha=0.1, beta=0.5, temperature=1.0, detach_mixture=False,
+        chunk_size=1024, reduction="mean"):
+    """Forward KL, KL(p ‖ q) = Σ_v p_v (log p_v − log q_v): mode-covering word-level KD
+    (Hinton et al. 2015; DistiLLM, Ko et al. ICML 2024, §3). Mean (or sum) over kept positions."""
+    return _divergence("fkl", student_logits, teacher_logits, mask, alpha, beta, temperature, detach_mixture,
+                       chunk_size, reduction)
+
+
+def rkl(student_logits, teacher_logits, mask, *, alpha=0.1, beta=0.5, temperature=1.0, detach_mixture=False,
+        chunk_size=1024, reduction="mean"):
+    """Reverse KL, KL(q ‖ p) = Σ_v q_v (log q_v − log p_v): mode-seeking (MiniLLM, Gu et al. 2024;
+    DistiLLM, Ko et al. ICML 2024, §3). Mean (or sum) over kept positions."""
+    return _divergence("rkl", student_logits, teacher_logits, mask, alpha, beta, temperature, detach_mixture,
+                       chunk_size, reduction)
+
+
+def skew_fkl(student_logits, teacher_logits, mask, *, alpha=0.1, beta=0.5, temperature=1.0,
+             detach_mixture=False, chunk_size=1024, reduction="mean"):
+    """Skew forward KL (SKL), KL(p ‖ α p + (1−α) q) = Σ_v p_v (log p_v − log m_v)
+    (DistiLLM, Ko et al. ICML 2024, §3; α = 0.1 in the paper, α = 0 is fkl).
+
+    The true divergence, not the authors' logged cross-entropy −Σ p log m
+    (which is larger by H(p)). Gradient flows through q inside m unless
+    ``detach_mixture`` (then the loss is constant in the student)."""
+    return _divergence("skew_fkl", student_logits, teacher_logits, mask, alpha, beta, temperature,
+                       detach_mixture, chunk_size, reduction)
+
+
+def skew_rkl(student_logits, teacher_logits, mask, *, alpha=0.1, beta=0.5, temperature=1.0,
+             detach_mixture=False, chunk_size=1024, reduction="mean"):
+    """Skew reverse KL (SRKL), KL(q ‖ α q + (1−α) p) = Σ_v q_v (log q_v − log m_v)
+    (DistiLLM, Ko et al. ICML 2024, §3; α = 0.1 in the paper, α = 0 is rkl).
+
+    Gradient flows through every q, the mixture included (DistiLLM);
+    ``detach_mixture=True`` holds q inside m constant (DistiLLM-2's SRKL,
+    Ko et al. 2025, arXiv 2503.07067)."""
+    return _divergence("skew_rkl", student_logits, teacher_logits, mask, alpha, beta, temperature,
+                       detach_mixture, chunk_size, reduction)
+
+
+def jsd(student_logits, teacher_logits, mask, *, alpha=0.1, beta=0.5, temperature=1.0, detach_mixture=False,
+        chunk_size=1024, reduction="mean"):
+    """Generalized Jensen–Shannon divergence, β KL(p ‖ m) + (1−β) KL(q ‖ m) with
+    m = β p + (1−β) q, β ∈ (0, 1) (GKD, Agarwal et al. ICLR 2024; DistiLLM §3).
+
+    Symmetric in p and q at β = ½. The logit gradient is the same with or
+    without ``detach_mixture`` (∂f/∂m = −1 is constant over the vocabulary)."""
+    return _divergence("jsd", student_logits, teacher_logits, mask, alpha, beta, temperature, detach_mixture,
+                       chunk_size, reduction)
+
+
+def tvd(student_logits, teacher_logits, mask, *, alpha=0.1, beta=0.5, temperature=1.0, detach_mixture=False,
+        chunk_size=1024, reduction="mean"):
+    """Total variation distance, ½ Σ_v |p_v − q_v| (DistiLLM, Ko et al. ICML 2024, §3; Wen et al. 2023).
+    Subgradient 0 where p_v = q_v."""
+    return _divergence("tvd", student_logits, teacher_logits, mask, alpha, beta, temperature, detach_mixture,
+                       chunk_size, reduction)
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "fkl": fkl,
+    "rkl": rkl,
+    "skew_fkl": skew_fkl,
+    "skew_rkl": skew_rkl,
+    "jsd": jsd,
+    "tvd": tvd,
+}
+
+
+def kd_objective(student_logits, teacher_logits, labels, *, loss: str, kd_ratio=1.0, alpha=0.1, beta=0.5,
+                 temperature=1.0, detach_mixture=False, normalizer=None, chunk_size=1024):
+    """The training objective: Σ_kept [kd_ratio · D(p, q) + (1 − kd_ratio) · CE] / normalizer.
+
+    student_logits, teacher_logits: [B, T, V] (teacher may be None when
+    kd_ratio == 0: pure SFT); labels: [B, T] long, −100 where not counted.
+    D is ``LOSSES[loss]`` at ``temperature``; CE = −log softmax(student)[label]
+    at temperature 1 (DistiLLM's kd_ratio mixing, Ko et al. ICML 2024).
+    ``normalizer`` (float or 0-dim tensor) is the number of response tokens in
+    the whole gradient-accumulation window (across ranks if data-parallel), so
+    that summing micro-batch objectives equals the objective of the full batch;
+    default: the tokens kept here. Both terms come from one fused chunked pass.
+
+    Returns (objective: scalar tensor, stats: {"kd_sum", "ce_sum", "tokens"} as
+    python floats; kd_sum is 0.0 when kd_ratio == 0).
+    """
+    kd_ratio = float(kd_ratio)
+    if not 0.0 <= kd_ratio <= 1.0:
+        raise ValueError(f"kd_ratio={kd_ratio} must lie in [0, 1]")
+    if teacher_logits is None and kd_ratio > 0:
+        raise ValueError("teacher logits are required when kd_ratio > 0: pass the teacher or set kd_ratio=0 (SFT)")
+    mask = _check_inputs(student_logits, teacher_logits, labels != -100)
+    check_loss_params(loss, alpha if loss in _USES_ALPHA else 0.0, beta)
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be positive")
+    spec = _Spec(name=loss if kd_ratio > 0 else None, alpha=alpha if loss in _USES_ALPHA else 0.0,
+                 beta=float(beta), temperature=float(temperature), detach=bool(detach_mixture),
+                 scale=kd_ratio, w_ce=1.0 - kd_ratio, with_ce=True, chunk_size=int(chunk_size))
+    if normalizer is None:
+        spec.mean = True
+    else:
+        norm = float(normalizer)
+        if norm <= 0 and bool(mask.any()):
+            raise ValueError(f"normalizer={norm} must be positive: pass the number of response tokens")
+        inv = 1.0 / norm if norm > 0 else 0.0
+        spec.scale, spec.w_ce = kd_ratio * inv, (1.0 - kd_ratio) * inv
+    objective, div_sum, ce_sum = _run(student_logits, teacher_logits, mask, labels, spec)
+    stats = {"kd_sum": float(div_sum), "ce_sum": float(ce_sum), "tokens": float(mask.sum())}
+    return objective, stats
+
+
+def distillm2(student_logits_t, teacher_logits_t, mask_t, student_logits_s, teacher_logits_s, mask_s, *,
+              alpha_t=0.1, alpha_s=0.1, beta=0.5, temperature=1.0, chunk_size=1024):
+    """DistiLLM-2 contrastive loss (Ko et al. 2025, arXiv 2503.07067, §3; METHOD.md §4).
+
+    For each prompt x_b with a teacher response (``*_t`` tensors, [B, T, V] and
+    mask [B, T]) and a student response (``*_s`` tensors, [B, T', V] / [B, T']):
+
+        L = 1/B Σ_b [ (1−β) · SKL_{α_t}(x_b, y_t)  +  β · SRKL_{α_s}(x_b, y_s) ]
+
+    SKL = KL(p ‖ α p + (1−α) q), SRKL = KL(q ‖ α q + (1−α) p) with the student
+    detached inside the SRKL mixture; each term is a token mean over that
+    response's kept positions (0 for a response with none). alpha_t / alpha_s:
+    float or [B] tensor (per-sample α, the α curriculum); beta ∈ [0, 1] (the
+    curriculum moves it from 0.5 to 1). Returns a scalar (float32, or float64
+    for float64 inputs).
+    """
+    mask_t = _check_inputs(student_logits_t, teacher_logits_t, mask_t)
+    mask_s = _check_inputs(student_logits_s, teacher_logits_s, mask_s)
+    B = student_logits_t.shape[0]
+    if student_logits_s.shape[0] != B:
+        raise ValueError(f"teacher-response batch ({B}) and student-response batch "
+                         f"({student_logits_s.shape[0]}) must hold the same prompts")
+    _check_alpha(alpha_t, "alpha_t")
+    _check_alpha(alpha_s, "alpha_s")
+    beta = float(beta)
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"distillm2 beta={beta} must lie in [0, 1]")
+    cdt = _compute_dtype(student_logits_t, teacher_logits_t, student_logits_s, teacher_logits_s)
+    total = torch.zeros((), dtype=cdt, device=student_logits_t.device)
+    parts = (("skew_fkl", student_logits_t, teacher_logits_t, mask_t, alpha_t, 1.0 - beta, False),
+             ("skew_rkl", student_logits_s, teacher_logits_s, mask_s, alpha_s, beta, True))
+    for name, student, teacher, mask, alpha, weight, detach in parts:
+        if weight == 0.0:
+            continue
+        # Per-sample weight: weight / (B · kept tokens of that response); rows of a sample share it.
+        tokens = mask.sum(1).clamp(min=1).to(cdt)  # [B]
+        spec = _Spec(name=name, alpha=alpha, temperature=float(temperature), detach=detach,
+                     scale=weight / (B * tokens), chunk_size=int(chunk_size))
+        objective, _, _ = _run(student, teacher, mask, None, spec)
+        total = total + objective
+    return total

@@ -1,0 +1,63 @@
+"""generate-student: sample responses for a prompt set into generations.jsonl.
+
+Recipe: load the model that answers (the student, or the teacher with generate=teacher)
+-> build the prompts of the chosen split -> skip prompts already answered in this run
+dir -> batched sampling with a progress bar -> append one JSON line per prompt.
+With the teacher as source the file is SeqKD data: `distill generations=<this run>`
+trains on it.
+"""
+from __future__ import annotations
+
+import json
+
+from omegaconf import OmegaConf
+
+from ..data import encode_prompt, load_split, prompt_text
+from ..engine import RunLog, prepare_run_dir, seed_everything, setup_runtime
+from ..generation import generate
+from ..modeling import load_model, load_tokenizer, model_source
+from ..ui import progress_bar
+
+
+def run(cfg) -> dict:
+    runtime = setup_runtime(cfg)
+    seed_everything(cfg.seed)
+    run_dir = prepare_run_dir(cfg, runtime, allow_existing=True)
+    role = cfg.generate.source
+    tokenizer = load_tokenizer(cfg, role)
+    model = load_model(cfg, role, tokenizer).to(runtime.device)
+
+    split = cfg.generate.split or cfg.data.generate_split
+    records = load_split(cfg, split, need_responses=False)
+    if cfg.generate.max_prompts:
+        records = records[: cfg.generate.max_prompts]
+    out_path = run_dir / "generations.jsonl"
+    done = set()
+    if out_path.exists():  # a re-run continues where the last one stopped
+        done = {json.loads(line)["prompt"] for line in out_path.read_text().splitlines() if line.strip()}
+    todo = [r for r in records if prompt_text(r, cfg.data.template) not in done]
+    sampling = OmegaConf.to_container(cfg.generation, resolve=True)
+    written = 0
+    if runtime.main and todo:
+        size = cfg.generation.batch_size
+        with progress_bar(f"generate ({role})", len(todo)) as bar, out_path.open("a", encoding="utf-8") as out:
+            for start in range(0, len(todo), size):
+                chunk = todo[start:start + size]
+                texts = [prompt_text(r, cfg.data.template) for r in chunk]
+                prompts = [encode_prompt(tokenizer, t, cfg.data.max_prompt_length) for t in texts]
+                room = cfg.data.max_length - max(len(p) for p in prompts)
+                responses = generate(model, prompts, cfg.generation, eos_id=tokenizer.eos_token_id,
+                                     pad_id=tokenizer.pad_token_id, seed=cfg.seed * 100_003 + start,
+                                     max_new_tokens=max(1, min(cfg.generation.max_new_tokens, room)))
+                for record, text, response in zip(chunk, texts, responses):
+                    out.write(json.dumps({
+                        "prompt": text, "response": tokenizer.decode(response, skip_special_tokens=True),
+                        "reference": record.get("output"), "model": model_source(cfg, role), "source": role,
+                        "sampling": sampling, "seed": cfg.seed}) + "\n")
+                out.flush()
+                written += len(chunk)
+                bar.advance(len(chunk), tokens=sum(len(r) for r in responses))
+    return RunLog(run_dir, runtime).summary({
+        "stage": "generate-student", "source": role, "model": model_source(cfg, role), "split": split,
+        "prompts": len(records), "generated": written, "skipped": len(records) - len(todo),
+        "generations": str(out_path)})

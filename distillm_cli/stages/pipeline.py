@@ -1,0 +1,78 @@
+"""pipeline: every stage in order, each in its own folder of this run dir.
+
+  sft-teacher      -> <run_dir>/sft_teacher     the teacher
+  sft-student      -> <run_dir>/sft_student     the student's start, the SFT-only baseline
+  generate-student -> <run_dir>/generate        the teacher answers the unlabelled prompts
+  distill          -> <run_dir>/distill         SFT student + teacher answers + off-policy samples
+  evaluate         -> <run_dir>/evaluate        teacher vs SFT-only vs distilled
+
+Each stage is composed from the same command-line overrides as the pipeline itself
+(so `train.max_steps=3` shrinks every stage) plus the paths that chain them. With
+resume=auto a stage that already finished with the same config is skipped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+
+from ..ui import print_table
+
+
+def _user_overrides() -> list[str]:
+    keep = []
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key not in ("stage", "run_dir"):
+            keep.append(override)
+    return keep
+
+
+def run(cfg) -> dict:
+    from . import STAGES
+
+    root = Path(cfg.run_dir)
+    ckpt = {name: str(root / name / "checkpoint") for name in ("sft_teacher", "sft_student", "distill")}
+    plan = [
+        ("sft_teacher", "sft-teacher", []),
+        ("sft_student", "sft-student", []),
+        ("generate", "generate-student", ["generate=teacher", "generation=greedy",
+                                          f"teacher_dir={ckpt['sft_teacher']}"]),
+        ("distill", "distill", [f"teacher_dir={ckpt['sft_teacher']}", f"student_dir={ckpt['sft_student']}",
+                                f"generations={root / 'generate' / 'generations.jsonl'}"]),
+        ("evaluate", "evaluate", [f"+eval.models.teacher={ckpt['sft_teacher']}",
+                                  f"+eval.models.sft_student={ckpt['sft_student']}",
+                                  f"+eval.models.distilled={ckpt['distill']}"]),
+    ]
+    user = _user_overrides()
+    seconds, summaries = {}, {}
+    for folder, stage, extra in plan:
+        sub_dir = root / folder
+        sub_cfg = compose(config_name="config",
+                          overrides=[*user, f"stage={stage.replace('-', '_')}", f"run_dir={sub_dir}", *extra])
+        if cfg.resume == "auto" and (sub_dir / "summary.json").exists():
+            summaries[stage] = json.loads((sub_dir / "summary.json").read_text())
+            seconds[stage] = summaries[stage].get("wall_seconds", 0.0)
+            continue
+        started = time.perf_counter()
+        summaries[stage] = STAGES[stage](sub_cfg)
+        seconds[stage] = time.perf_counter() - started
+
+    scores = summaries["evaluate"]["models"]
+    stage_of = {"teacher": "sft-teacher", "sft_student": "sft-student", "distilled": "distill"}
+    rows = []
+    for name in ("teacher", "sft_student", "distilled"):
+        s = scores[name]
+        rows.append([name, f"{s['rouge_l']['mean']:.2f}", f"{s['exact_match']['mean']:.1f}",
+                     f"{seconds[stage_of[name]]:.0f}s"])
+    rows.append(["(generate + evaluate)", "", "", f"{seconds['generate-student'] + seconds['evaluate']:.0f}s"])
+    print_table("distillm pipeline", ["model", "ROUGE-L", "exact match %", "stage time"], rows)
+    summary = {"stage": "pipeline", "stage_seconds": seconds, "scores": {
+        name: {"rouge_l": scores[name]["rouge_l"]["mean"], "exact_match": scores[name]["exact_match"]["mean"]}
+        for name in ("teacher", "sft_student", "distilled")},
+        "distilled_minus_sft_rouge_l": scores["distilled"]["rouge_l"]["mean"] - scores["sft_student"]["rouge_l"]["mean"]}
+    (root / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,61 @@
+"""sft-teacher / sft-student: supervised fine-tuning on instruction data.
+
+Recipe: load the model -> encode its split -> build the DeepSpeed engine -> train with
+cross-entropy on response tokens -> save a Hugging Face checkpoint. The same recipe
+makes the teacher (on data.teacher_split) and the student's starting point, the
+SFT-only baseline (on data.train_split).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data import BatchStream, collate, encode_split
+from ..engine import (RunLog, StepPlan, build_engine, forward_logits, mean_over_batches, prepare_run_dir, save_model,
+                      seed_everything, setup_runtime, train)
+from ..losses import kd_objective
+from ..modeling import load_model, load_tokenizer, vocab_size
+
+
+def run(cfg) -> dict:
+    role = "teacher" if cfg.stage == "sft-teacher" else "student"
+    runtime = setup_runtime(cfg)
+    seed_everything(cfg.seed)
+    run_dir = prepare_run_dir(cfg, runtime)
+
+    tokenizer = load_tokenizer(cfg, role)
+    model = load_model(cfg, role, tokenizer)
+    vocab, pad = vocab_size(tokenizer), tokenizer.pad_token_id
+    split = cfg.data.teacher_split if role == "teacher" else cfg.data.train_split
+    train_examples = encode_split(cfg, tokenizer, split)
+    valid_examples = encode_split(cfg, tokenizer, cfg.data.valid_split)
+    mb = cfg.train.micro_batch_size
+    valid_batches = [collate(valid_examples[i:i + mb], pad)
+                     for i in range(0, min(len(valid_examples), mb * cfg.train.valid_batches), mb)]
+
+    engine = build_engine(model, cfg, runtime)
+    stream = BatchStream(train_examples, mb, cfg.seed, runtime.rank, runtime.world_size)
+
+    def plan_step(step: int) -> StepPlan:
+        return StepPlan([collate(stream.next(), pad) for _ in range(cfg.train.grad_accum)], {})
+
+    def micro_loss(batch: dict, normalizer: float):
+        logits = forward_logits(engine, batch, runtime.device, vocab)  # [B, T, V]
+        return kd_objective(logits, None, batch["labels"].to(runtime.device), loss="fkl", kd_ratio=0.0,
+                            normalizer=normalizer, chunk_size=cfg.loss.chunk_size)
+
+    def ce_sum(batch: dict):
+        logits = forward_logits(engine, batch, runtime.device, vocab)
+        _, stats = kd_objective(logits, None, batch["labels"].to(runtime.device), loss="fkl", kd_ratio=0.0,
+                                normalizer=1.0, chunk_size=cfg.loss.chunk_size)
+        return stats["ce_sum"], stats["tokens"]
+
+    def validation_loss() -> float:
+        engine.eval()
+        return mean_over_batches(ce_sum, valid_batches, runtime)
+
+    result = train(cfg, engine, runtime, run_dir, description=f"sft {role}", plan_step=plan_step,
+                   micro_loss=micro_loss, validation_loss=validation_loss, state={"data": stream})
+    save_model(engine, tokenizer, run_dir / "checkpoint", runtime)
+    return RunLog(run_dir, runtime).summary({
+        "stage": cfg.stage, "role": role, "train_examples": len(train_examples), **result,
+        "checkpoint": str(Path(run_dir) / "checkpoint")})

@@ -1,0 +1,253 @@
+"""The embedded toy setting: synthetic instruction tasks, a character tokenizer, tiny GPT-2s.
+
+Everything here is offline and deterministic, so that ``distillm pipeline`` runs
+end to end on a laptop CPU in a few minutes and shows distillation doing
+something measurable:
+
+- ``make_toy_splits(seed)`` builds instruction records ``{instruction, input,
+  output, task}`` from a few deterministic task families. The teacher learns
+  from a large labelled pool (``teacher_train``); the student only gets a small
+  labelled split (``train``) plus prompts without labels (``unlabelled``) that
+  the teacher answers. ``valid`` and ``test`` are held out. No input string
+  occurs twice, within or across splits.
+- ``build_char_tokenizer()`` is a real Hugging Face fast tokenizer (built with
+  the ``tokenizers`` library) over printable ASCII and newline: one token per
+  character, exact round trip, ``save_pretrained`` / ``AutoTokenizer`` work.
+- ``TINY_PRESETS`` / ``build_tiny_model`` give randomly initialised GPT-2
+  teacher and student sized for a 2-core CPU.
+
+The settings were chosen with ``scripts/toy_prototype.py``; its docstring holds
+the measured effect.
+"""
+
+from __future__ import annotations
+
+import random
+
+__all__ = [
+    "DEFAULT_SPLIT_SIZES",
+    "SPECIAL_TOKENS",
+    "TASK_FAMILIES",
+    "TINY_PRESETS",
+    "build_char_tokenizer",
+    "build_tiny_model",
+    "make_toy_splits",
+]
+
+# Split sizes of the demo. Splits are generated in this order from their own
+# random streams, so growing a later split never changes an earlier one (the
+# test set stays the same when the pools change size).
+DEFAULT_SPLIT_SIZES: dict[str, int] = {
+    "test": 300,
+    "valid": 200,
+    "train": 600,
+    "unlabelled": 2400,
+    "teacher_train": 4000,
+}
+
+# ---------------------------------------------------------------------------
+# Task families
+# ---------------------------------------------------------------------------
+
+# Short, common lower-case words: the material of the word-level tasks.
+WORDS = (
+    "ant arm art bag bed bee big box boy bus cab cap car cat cow cup cut day dog "
+    "dry ear egg elf end eye fan far fig fish fly fog fox fun gap gas gem girl "
+    "gold gum hat hen hill hot ice ink jam jar jet joy key kid kit lab lake lamp "
+    "leaf leg lid lip log map mat milk mix mud nap net nut oak oil owl pan pen "
+    "pig pin pot rain ram rat red rib ring road rock rod rope rug run sad salt "
+    "sand sea ship shoe sky snow sock son star sun tab tea ten tin toe top toy "
+    "tree tub van vet wall web wet wig win wind wolf yak yam zip zoo"
+).split()
+
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve "
+    "thirteen fourteen fifteen sixteen seventeen eighteen nineteen"
+).split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_to_words(n: int) -> str:
+    """English words for 0 <= n < 10000, e.g. 347 -> 'three hundred forty-seven'."""
+    if not 0 <= n < 10000:
+        raise ValueError(f"number_to_words covers 0..9999, got {n}")
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        tens, ones = divmod(n, 10)
+        return _TENS[tens] + ("-" + _ONES[ones] if ones else "")
+    if n < 1000:
+        hundreds, rest = divmod(n, 100)
+        return _ONES[hundreds] + " hundred" + (" " + number_to_words(rest) if rest else "")
+    thousands, rest = divmod(n, 1000)
+    return _ONES[thousands] + " thousand" + (" " + number_to_words(rest) if rest else "")
+
+
+def _words(rng: random.Random, lo: int, hi: int) -> list[str]:
+    return [rng.choice(WORDS) for _ in range(rng.randint(lo, hi))]
+
+
+def _reverse_words(rng):
+    words = _words(rng, 2, 5)
+    return " ".join(words), " ".join(reversed(words))
+
+
+def _every_second(rng):
+    words = _words(rng, 3, 6)
+    return " ".join(words), " ".join(words[0::2])
+
+
+def _uppercase(rng):
+    text = " ".join(_words(rng, 2, 4))
+    return text, text.upper()
+
+
+def _count_words(rng):
+    words = _words(rng, 1, 8)
+    return " ".join(words), str(len(words))
+
+
+def _number_to_words(rng):
+    n = rng.randrange(10000) if rng.random() < 0.5 else rng.randrange(1000)
+    return str(n), number_to_words(n)
+
+
+# name -> (instruction phrasings, input/output generator)
+TASK_FAMILIES: dict[str, tuple[tuple[str, ...], object]] = {
+    "reverse_words": (
+        ("Reverse the order of the words.", "Write the words in reverse order.",
+         "Reverse the word order."),
+        _reverse_words,
+    ),
+    "every_second_word": (
+        ("Write every second word.", "Keep every other word, starting with the first.",
+         "List every second word."),
+        _every_second,
+    ),
+    "uppercase": (
+        ("Convert the text to uppercase.", "Write this in capital letters.",
+         "Make every letter uppercase."),
+        _uppercase,
+    ),
+    "count_words": (
+        ("How many words are there?", "Count the words.", "Count the words in the input."),
+        _count_words,
+    ),
+    "number_to_words": (
+        ("Write the number in words.", "Spell out this number.",
+         "Convert the number to words."),
+        _number_to_words,
+    ),
+}
+
+
+def _make_split(name: str, size: int, seed: int, seen: set[str]) -> list[dict]:
+    """`size` records, families balanced (round robin) and shuffled; inputs unique in `seen`."""
+    rng = random.Random(f"distillm-toy/{seed}/{name}")
+    families = list(TASK_FAMILIES)
+    records = []
+    for i in range(size):
+        task = families[i % len(families)]
+        phrasings, generate = TASK_FAMILIES[task]
+        for _ in range(10000):
+            text, output = generate(rng)
+            if text not in seen:
+                break
+        else:  # pragma: no cover - only with absurd split sizes
+            raise ValueError(f"toy task {task!r} ran out of unique inputs; use smaller splits")
+        seen.add(text)
+        records.append(
+            {"instruction": rng.choice(phrasings), "input": text, "output": output, "task": task}
+        )
+    rng.shuffle(records)
+    return records
+
+
+def make_toy_splits(seed: int, sizes: dict[str, int] | None = None) -> dict[str, list[dict]]:
+    """Deterministic toy splits ``teacher_train, train, unlabelled, valid, test``.
+
+    ``sizes`` overrides entries of ``DEFAULT_SPLIT_SIZES`` (unknown names are an
+    error). Records are ``{"instruction", "input", "output", "task"}``; the
+    ``unlabelled`` split keeps its reference ``output`` for analysis only.
+    """
+    merged = dict(DEFAULT_SPLIT_SIZES)
+    for key, value in (sizes or {}).items():
+        if key not in merged:
+            raise ValueError(f"unknown toy split {key!r}; known: {sorted(merged)}")
+        if int(value) < 0:
+            raise ValueError(f"toy split {key!r} needs a size >= 0, got {value}")
+        merged[key] = int(value)
+    seen: set[str] = set()
+    splits = {name: _make_split(name, merged[name], seed, seen) for name in DEFAULT_SPLIT_SIZES}
+    return {name: splits[name] for name in ("teacher_train", "train", "unlabelled", "valid", "test")}
+
+
+# ---------------------------------------------------------------------------
+# Character tokenizer
+# ---------------------------------------------------------------------------
+
+PAD_TOKEN, EOS_TOKEN, UNK_TOKEN = "<|pad|>", "<|endoftext|>", "<|unk|>"
+SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, UNK_TOKEN)
+CHAR_VOCAB = ("\n",) + tuple(chr(c) for c in range(32, 127))
+
+
+def build_char_tokenizer(model_max_length: int = 256, padding_side: str = "right"):
+    """A character-level ``PreTrainedTokenizerFast``: one token per printable ASCII char or "\\n".
+
+    Ids: 0 ``<|pad|>``, 1 ``<|endoftext|>`` (eos and bos), 2 ``<|unk|>``, then
+    newline and the 95 printable ASCII characters. Other characters map to
+    ``<|unk|>``. No BOS/EOS is added automatically. Decoding fuses the
+    characters back with nothing in between, so ``decode(encode(s)) == s`` for
+    any ASCII-printable ``s``.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHAR_VOCAB)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    # Every character is its own pre-token ([\s\S] also matches "\n").
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        bos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
+        model_max_length=model_max_length,
+        padding_side=padding_side,
+        clean_up_tokenization_spaces=False,
+    )
+    return tokenizer
+
+
+# ---------------------------------------------------------------------------
+# Tiny GPT-2 presets
+# ---------------------------------------------------------------------------
+
+_NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0}
+
+# GPT2Config keyword arguments; vocabulary and special ids come from the tokenizer.
+TINY_PRESETS: dict[str, dict] = {
+    "tiny-teacher": {"n_layer": 3, "n_embd": 192, "n_head": 6, "n_positions": 256, **_NO_DROPOUT},
+    "tiny-student": {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 256, **_NO_DROPOUT},
+}
+
+
+def build_tiny_model(preset: str, tokenizer):
+    """A randomly initialised ``GPT2LMHeadModel`` of a ``TINY_PRESETS`` entry for ``tokenizer``.
+
+    Seed torch beforehand for a reproducible init.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if preset not in TINY_PRESETS:
+        raise ValueError(f"unknown tiny preset {preset!r}; known: {sorted(TINY_PRESETS)}")
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TINY_PRESETS[preset],
+    )
+    return GPT2LMHeadModel(config)
