@@ -63,16 +63,19 @@ def print_help() -> None:
     print("\n`distillm STAGE --help` shows Hydra's help and the full config of that stage.")
 
 
-def _overrides_only(args: list[str]) -> list[str]:
-    out, skip = [], False
+def split_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """Separate Hydra's flags (with their values) from key=value overrides."""
+    flags, overrides, takes_value = [], [], False
     for arg in args:
-        if skip:
-            skip = False
-        elif arg in FLAGS_WITH_VALUE:
-            skip = True
-        elif not arg.startswith("-"):
-            out.append(arg)
-    return out
+        if takes_value:
+            flags.append(arg)
+            takes_value = False
+        elif arg.startswith("-"):
+            flags.append(arg)
+            takes_value = arg in FLAGS_WITH_VALUE
+        else:
+            overrides.append(arg)
+    return flags, overrides
 
 
 def _explain(error: Exception) -> str:
@@ -120,7 +123,7 @@ def preflight(stage_override: str, args: list[str]) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = _overrides_only(args)
+    _, overrides = split_args(args)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as error:  # noqa: BLE001 - a parse error is the user's to fix
@@ -184,7 +187,17 @@ def main(argv: list[str] | None = None) -> None:
     # Library deprecation chatter (torch.distributed, DeepSpeed) is not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="deepspeed")
-    sys.argv = ["distillm", *rest, stage_override]
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    flags, overrides = split_args(rest)
+    # Flags first: Hydra's argument parser wants every override after the last flag.
+    sys.argv = ["distillm", *flags, stage_override, *overrides]
     hydra_entry()
 
 

@@ -36,7 +36,8 @@ def run(cfg) -> dict:
     stream = BatchStream(train_examples, mb, cfg.seed, runtime.rank, runtime.world_size)
 
     def plan_step(step: int) -> StepPlan:
-        return StepPlan([collate(stream.next(), pad) for _ in range(cfg.train.grad_accum)], {})
+        batches = [collate(stream.next(), pad) for _ in range(cfg.train.grad_accum)]
+        return StepPlan(batches, {"phi": 0.0, "data_source": "dataset", "buffer_size": 0})
 
     def micro_loss(batch: dict, normalizer: float):
         logits = forward_logits(engine, batch, runtime.device, vocab)  # [B, T, V]

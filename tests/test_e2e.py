@@ -1,0 +1,96 @@
+"""End to end through the real CLI: real tiny HF models, real DeepSpeed engines, temp dirs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from .conftest import run_cli
+
+LOSSES = ("fkl", "rkl", "skew_fkl", "skew_rkl", "jsd", "tvd")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_run_dir(run_dir: Path, steps: int) -> None:
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint"):
+        assert (run_dir / name).exists(), f"{run_dir} lacks {name}"
+    metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    for record in metrics:
+        assert {"step", "loss", "phi", "data_source", "buffer_size"} <= set(record)
+        assert torch.isfinite(torch.tensor(record["loss"]))
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoint")
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_every_loss_runs_under_zero3_as_a_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("distill", "-m", f"loss={','.join(LOSSES)}", "deepspeed=zero3", "train.max_steps=3",
+                     "train.micro_batch_size=4", "train.eval_interval=0", f"run_dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(runs) == len(LOSSES)
+    seen = set()
+    for run_dir in runs:
+        assert_run_dir(run_dir, steps=3)
+        seen.add(json.loads((run_dir / "summary.json").read_text())["loss"])
+    assert seen == set(LOSSES)
+
+
+def test_adaptive_off_policy_trains_on_fresh_and_buffered_samples(tmp_path):
+    run_dir = tmp_path / "adaptive"
+    # The issue's command with the default micro-batch (16) and the toy's 128-sample buffer.
+    result = run_cli("distill", "off_policy=adaptive", "off_policy.phi0=1.0", "train.max_steps=20",
+                     "generation.max_new_tokens=16", "train.eval_interval=10", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_run_dir(run_dir, steps=20)
+    sources = [m["data_source"] for m in read_metrics(run_dir)]
+    assert "fresh" in sources and "buffer" in sources
+    sizes = [m["buffer_size"] for m in read_metrics(run_dir)]
+    assert sizes == sorted(sizes) and sizes[-1] == min(128, 16 * sources.count("fresh"))
+
+
+@pytest.mark.parametrize("mode", ["none", "on_policy"])
+def test_other_off_policy_modes_run(tmp_path, mode):
+    run_dir = tmp_path / mode
+    result = run_cli("distill", f"off_policy={mode}", "off_policy.lmbda=1.0", "train.max_steps=3",
+                     "train.micro_batch_size=4", "generation.max_new_tokens=8", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sources = {m["data_source"] for m in read_metrics(run_dir)}
+    assert sources == ({"dataset"} if mode == "none" else {"fresh"})
+
+
+def test_pipeline_end_to_end(tmp_path):
+    run_dir = tmp_path / "pipeline"
+    result = run_cli("pipeline", "train.max_steps=4", "train.micro_batch_size=4", "eval.max_examples=12",
+                     "generate.max_prompts=16", "generation.max_new_tokens=24", "eval.sampling.max_new_tokens=24",
+                     f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("sft_teacher", "sft_student", "distill"):
+        assert_run_dir(run_dir / stage, steps=4)
+    generations = (run_dir / "generate" / "generations.jsonl").read_text().splitlines()
+    assert len(generations) == 16 and json.loads(generations[0])["source"] == "teacher"
+    distill_cfg = (run_dir / "distill" / "config.yaml").read_text()
+    assert str(run_dir / "sft_teacher" / "checkpoint") in distill_cfg
+    scores = json.loads((run_dir / "evaluate" / "summary.json").read_text())["models"]
+    assert set(scores) == {"teacher", "sft_student", "distilled"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["scores"]) == {"teacher", "sft_student", "distilled"}
+    assert "distillm pipeline" in result.stdout + result.stderr
+
+
+def test_a_run_dir_with_another_config_is_not_overwritten(tmp_path):
+    run_dir = tmp_path / "mine"
+    first = run_cli("sft-student", "train.max_steps=2", "train.micro_batch_size=4", f"run_dir={run_dir}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = (run_dir / "checkpoint" / "model.safetensors").read_bytes()
+    second = run_cli("sft-student", "train.max_steps=3", "train.micro_batch_size=4", f"run_dir={run_dir}")
+    assert second.returncode == 2
+    assert "holds a run with another config" in second.stderr and "Traceback" not in second.stderr
+    assert (run_dir / "checkpoint" / "model.safetensors").read_bytes() == before
