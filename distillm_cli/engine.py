@@ -325,6 +325,10 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
             start_step = client_state["step"]
             for name, obj in state.items():
                 obj.load_state_dict(client_state["objects"][name])
+            if runtime.main and runlog.path.exists():  # drop steps logged after the resume point
+                kept = [line for line in runlog.path.read_text().splitlines()
+                        if line.strip() and json.loads(line)["step"] <= start_step]
+                runlog.path.write_text("".join(line + "\n" for line in kept))
     engine.train()
     last_loss, last_val, started, tokens_seen = float("nan"), None, time.perf_counter(), 0
     with progress_bar(description, cfg.train.max_steps, start_step) as bar:
