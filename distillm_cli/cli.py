@@ -49,6 +49,7 @@ def print_help() -> None:
     print("stages:")
     for name in STAGE_NAMES:
         print(f"  {name:<18}{STAGE_HELP[name]}")
+    print(f"  {'report':<18}compare finished runs or a sweep: table, report.md/json, loss.png, scores.png")
     print("\nconfig groups (pick with group=option):")
     for group, options in config_groups().items():
         print(f"  {group:<18}{', '.join(options) if options else '(none yet)'}")
@@ -175,6 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print_help()
         return
+    if argv[0] == "report":
+        from .report import main as report_main
+
+        return report_main(argv[1:])
     stage, rest = argv[0], argv[1:]
     if stage not in STAGE_NAMES:
         close = difflib.get_close_matches(stage, STAGE_NAMES, n=1)
@@ -194,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     transformers.utils.logging.disable_progress_bar()
     import logging
 
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    for noisy in ("absl", "compilers", "DeepSpeed"):  # DeepSpeed's import-time compiler probe, rouge's absl
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     flags, overrides = split_args(rest)
     # Flags first: Hydra's argument parser wants every override after the last flag.
     sys.argv = ["distillm", *flags, stage_override, *overrides]

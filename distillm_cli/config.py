@@ -146,6 +146,14 @@ class EvalConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Optional experiment tracker next to metrics.jsonl: none, tensorboard (run_dir/tensorboard) or wandb."""
+
+    name: str = "none"
+    project: str = "distillm"
+
+
+@dataclass
 class Config:
     stage: str = "distill"
     run_dir: str = "runs/${stage}/${now:%Y%m%d-%H%M%S}"
@@ -169,6 +177,7 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     # DeepSpeed's own config, with DeepSpeed's own keys (conf/deepspeed/*.yaml).
     deepspeed: dict[str, Any] = field(default_factory=dict)
 
@@ -214,5 +223,9 @@ def validate(cfg) -> None:
     need(cfg.model.dtype in ("float32", "bfloat16", "float16"),
          f"model.dtype='{cfg.model.dtype}'; choose float32, bfloat16 or float16")
     need(cfg.data.name in ("toy", "dolly", "jsonl"), f"unknown data '{cfg.data.name}'; choose toy, dolly or jsonl")
+    from .loggers import LOGGER_NAMES
+
+    need(cfg.logger.name in LOGGER_NAMES, f"unknown logger '{cfg.logger.name}'; choose logger= one of "
+         f"{', '.join(LOGGER_NAMES)}")
     zero = cfg.deepspeed.get("zero_optimization", {}).get("stage", 0)
     need(zero in (0, 1, 2, 3), f"unknown ZeRO stage {zero}; choose deepspeed=zero0, zero1, zero2 or zero3")

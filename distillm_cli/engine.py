@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .errors import UserError
+from .loggers import make_logger
 from .ui import is_main_process, progress_bar
 
 log = logging.getLogger("distillm")
@@ -295,6 +296,15 @@ def load_resume_point(engine, run_dir: Path) -> dict | None:
 
 
 # ------------------------------------------------------------------ training loop
+def _same_on_every_rank(value: str, step: int) -> list[str]:
+    """Every rank's value; ranks that branch differently would deadlock in the next collective."""
+    values = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    if len(set(values)) > 1:
+        raise RuntimeError(f"ranks disagree on the batch source at step {step + 1}: {values}")
+    return values
+
+
 @dataclass
 class StepPlan:
     """What one optimizer step trains on: grad_accum micro-batches plus fields to log."""
@@ -329,11 +339,15 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
                 kept = [line for line in runlog.path.read_text().splitlines()
                         if line.strip() and json.loads(line)["step"] <= start_step]
                 runlog.path.write_text("".join(line + "\n" for line in kept))
+    logger = make_logger(cfg.logger, run_dir, start_step=start_step,
+                         config=OmegaConf.to_container(cfg, resolve=True))
     engine.train()
     last_loss, last_val, started, tokens_seen = float("nan"), None, time.perf_counter(), 0
     with progress_bar(description, cfg.train.max_steps, start_step) as bar:
         for step in range(start_step, cfg.train.max_steps):
             plan = plan_step(step)
+            if runtime.world_size > 1 and "data_source" in plan.info:
+                plan.info["data_source_ranks"] = _same_on_every_rank(plan.info["data_source"], step)
             local_tokens = sum(int((b["labels"] != -100).sum()) for b in plan.micro_batches)
             window_tokens = all_reduce_sum(local_tokens, runtime)
             normalizer = max(window_tokens, 1.0) / runtime.world_size
@@ -361,12 +375,14 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
                     record.update(on_validation(step + 1, record["val_loss"]))
                 engine.train()
             runlog.log(record)  # every step: metrics.jsonl is the run's full record
+            logger.log(record, step + 1)
             bar.advance(1, tokens=int(window_tokens), loss=f"{last_loss:.4f}", **(bar_fields() if bar_fields else {}))
             if cfg.train.save_interval and (step + 1) % cfg.train.save_interval == 0 \
                     and step + 1 < cfg.train.max_steps:
                 save_resume_point(engine, run_dir, step + 1,
                                   {"objects": {k: v.state_dict() for k, v in state.items()}},
                                   cfg.train.keep_checkpoints, runtime)
+    logger.close()
     elapsed = time.perf_counter() - started
     return {"final_loss": last_loss, "val_loss": last_val, "steps": cfg.train.max_steps, "train_seconds": elapsed,
             "tokens_per_second": tokens_seen / max(elapsed, 1e-9)}

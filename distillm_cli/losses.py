@@ -78,67 +78,97 @@ def check_loss_params(name: str, alpha: float, beta: float) -> None:
 
 
 # ----------------------------------------------------------------------------
-# Per-chunk math. Each divergence takes ls = log q and lt = log p of one chunk
-# ([n, V], compute dtype, freshly allocated: the function may overwrite them)
-# and returns (div [n], h [n, V] or None, q [n, V] or None) with h = q ⊙ ∂f/∂q
-# up to a multiple of q (the projection h − q Σh removes it). h is None when
-# the student gets no gradient from this loss (need_grad false, or a detached
-# skew_fkl mixture).
+# Per-chunk math. All [n, V] work arrays come from a _Workspace that is
+# allocated once per call and reused by every chunk (fresh allocations per
+# chunk would cost a page-faulting mmap each on CPU). Each divergence gets
+# A = log q and B = log p of one chunk (compute dtype, overwritable) and G, a
+# scratch array that receives the gradient afterwards (it may be the gradient
+# buffer itself), and returns (div [n], h [n, V] | None, q [n, V] | None):
+# h = q ⊙ ∂f/∂q up to a multiple of q (the projection h − q Σh removes it),
+# q = softmax. h is None when the student gets no gradient from the loss.
 # ----------------------------------------------------------------------------
 
+_NEG_INF = float("-inf")
+# Upper bound on one [rows, V] work array: rows per chunk = min(chunk_size,
+# budget // (V · itemsize)). Measured on CPU: ≤ 32 MiB keeps the temporaries
+# to a small fraction of the (unavoidable) gradient of the logits.
+CHUNK_BYTES = {"cpu": 32 * 2**20, "other": 256 * 2**20}
 
-def _log_mix(la, lx, l1a, ly):
-    """log(a·x + (1−a)·y) from log x, log y and the logs of a and 1 − a. [n, V]"""
-    out = torch.add(lx, la)  # [n, V]
-    other = torch.add(ly, l1a)  # [n, V]
-    return torch.logaddexp(out, other, out=out)
+
+class _Workspace:
+    """[rows, V] work arrays shared by the chunks of one call, made on first use."""
+
+    def __init__(self, rows, vocab, dtype, device):
+        self.rows, self.vocab, self.dtype, self.device = rows, vocab, dtype, device
+        self.bufs = {}
+
+    def __call__(self, key, n, dtype=None):
+        buf = self.bufs.get(key)
+        if buf is None:
+            shape = (self.rows, self.vocab)
+            buf = self.bufs[key] = torch.empty(shape, dtype=dtype or self.dtype, device=self.device)
+        return buf[:n]  # [n, V]
+
+    def mask(self, n):
+        return self("mask", n, torch.bool)  # [n, V] bool
 
 
-def _div_fkl(ls, lt, la, l1a, beta, detach, need_grad):
-    p = lt.exp()  # [n, V]
-    zero_p = p == 0  # [n, V] bool: 0·log 0 = 0
-    term = lt.sub_(ls).mul_(p).masked_fill_(zero_p, 0.0)  # p (log p − log q), in lt's storage
-    div = term.sum(-1)  # [n]
+def _log_mix_into(out, la, lx, l1a, ly, tmp):
+    """out = log(a·x + (1−a)·y) = logaddexp(log a + log x, log(1−a) + log y). [n, V]"""
+    torch.add(lx, la, out=out)
+    torch.add(ly, l1a, out=tmp)
+    return torch.logaddexp(out, tmp, out=out)
+
+
+def _div_fkl(A, B, G, ws, la, l1a, beta, detach, need_grad):
+    zero_p = ws.mask(A.shape[0])
+    p = torch.exp(B, out=G)  # [n, V]
+    torch.eq(p, 0, out=zero_p)  # 0·log 0 = 0
+    div = B.sub_(A).mul_(p).masked_fill_(zero_p, 0.0).sum(-1)  # Σ p (log p − log q)   [n]
     if not need_grad:
         return div, None, None
-    del zero_p
-    return div, p.neg_(), ls.exp_()
+    return div, p.neg_(), A.exp_()  # h = −p
 
 
-def _div_rkl(ls, lt, la, l1a, beta, detach, need_grad):
-    d = lt.neg_().add_(ls)  # log q − log p, in lt's storage   [n, V]
-    q = ls.exp_()  # [n, V]
-    term = d.mul_(q).masked_fill_(q == 0, 0.0)  # q (log q − log p)
+def _div_rkl(A, B, G, ws, la, l1a, beta, detach, need_grad):
+    zero_q = ws.mask(A.shape[0])
+    d = B.neg_().add_(A)  # log q − log p
+    q = A.exp_()  # [n, V]
+    torch.eq(q, 0, out=zero_q)
+    term = d.mul_(q).masked_fill_(zero_q, 0.0)  # q (log q − log p)
     div = term.sum(-1)  # [n]
     return div, (term if need_grad else None), q
 
 
-def _div_skew_fkl(ls, lt, la, l1a, beta, detach, need_grad):
-    lm = _log_mix(la, lt, l1a, ls)  # log(α p + (1−α) q)   [n, V]
-    p = lt.exp()  # [n, V]
-    d = lt.sub_(lm)  # log p − log m, in lt's storage
-    zero_p = p == 0
-    div = p.mul_(d).masked_fill_(zero_p, 0.0).sum(-1)  # [n]
-    del p, zero_p
+def _div_skew_fkl(A, B, G, ws, la, l1a, beta, detach, need_grad):
+    n = A.shape[0]
+    C, mask = ws("C", n), ws.mask(n)
+    lm = _log_mix_into(G, la, B, l1a, A, C)  # log m = log(α p + (1−α) q)   [n, V]
+    p = torch.exp(B, out=C)
+    torch.eq(p, 0, out=mask)
+    d = B.sub_(lm)  # log p − log m
+    div = p.mul_(d).masked_fill_(mask, 0.0).sum(-1)  # [n]
     if not need_grad:
         return div, None, None
     if detach:  # the student appears only inside the (constant) mixture
-        return div, None, ls.exp_()
+        return div, None, A.exp_()
     # h = −(1−α) p q / m = −(1−α) exp(log p + log q − log m); 0 where m = 0.
-    h = d.add_(ls).exp_().masked_fill_(lm == float("-inf"), 0.0)  # [n, V]
+    torch.eq(lm, _NEG_INF, out=mask)
+    h = d.add_(A).exp_().masked_fill_(mask, 0.0)
     h.mul_(l1a.exp().neg_() if torch.is_tensor(l1a) else -math.exp(l1a))
-    return div, h, ls.exp_()
+    return div, h, A.exp_()
 
 
-def _div_skew_rkl(ls, lt, la, l1a, beta, detach, need_grad):
-    lm = _log_mix(la, ls, l1a, lt)  # log(α q + (1−α) p)   [n, V]
-    d = torch.sub(ls, lm, out=lt)  # log q − log m, in lt's storage
+def _div_skew_rkl(A, B, G, ws, la, l1a, beta, detach, need_grad):
+    n = A.shape[0]
+    C, zero_q = ws("C", n), ws.mask(n)
+    lm = _log_mix_into(G, la, A, l1a, B, C)  # log m = log(α q + (1−α) p)   [n, V]
+    d = torch.sub(A, lm, out=B)  # log q − log m
     v = None
     if need_grad and not detach and not _is_zero(la):
-        v = torch.add(ls, d).add_(la).exp_()  # α q² / m = exp(log α + 2 log q − log m)   [n, V]
-    del lm
-    q = ls.exp_()  # [n, V]
-    zero_q = q == 0
+        v = torch.add(A, d, out=C).add_(la).exp_()  # α q² / m = exp(log α + 2 log q − log m)
+    q = A.exp_()
+    torch.eq(q, 0, out=zero_q)
     term = d.mul_(q).masked_fill_(zero_q, 0.0)  # q (log q − log m)
     div = term.sum(-1)  # [n]
     if not need_grad:
@@ -148,24 +178,26 @@ def _div_skew_rkl(ls, lt, la, l1a, beta, detach, need_grad):
     return div, term, q
 
 
-def _div_jsd(ls, lt, la, l1a, beta, detach, need_grad):
-    lm = _log_mix(math.log(beta), lt, math.log1p(-beta), ls)  # log(β p + (1−β) q)   [n, V]
-    p = lt.exp()  # [n, V]
-    zero_p = p == 0  # [n, V] bool
-    div_p = p.mul_(lt.sub_(lm)).masked_fill_(zero_p, 0.0).sum(-1)  # Σ p (log p − log m)   [n]
-    del p, zero_p
-    q = torch.exp(ls, out=lt)  # [n, V], in lt's storage
-    term = ls.sub_(lm).mul_(q).masked_fill_(q == 0, 0.0)  # q (log q − log m)
+def _div_jsd(A, B, G, ws, la, l1a, beta, detach, need_grad):
+    n = A.shape[0]
+    C, mask = ws("C", n), ws.mask(n)
+    lm = _log_mix_into(G, math.log(beta), B, math.log1p(-beta), A, C)  # log(β p + (1−β) q)   [n, V]
+    p = torch.exp(B, out=C)
+    torch.eq(p, 0, out=mask)
+    div_p = p.mul_(B.sub_(lm)).masked_fill_(mask, 0.0).sum(-1)  # Σ p (log p − log m)   [n]
+    q = torch.exp(A, out=C)
+    torch.eq(q, 0, out=mask)
+    term = A.sub_(lm).mul_(q).masked_fill_(mask, 0.0)  # q (log q − log m)
     div = beta * div_p + (1.0 - beta) * term.sum(-1)  # [n]
     if not need_grad:
         return div, None, None
     return div, term.mul_(1.0 - beta), q
 
 
-def _div_tvd(ls, lt, la, l1a, beta, detach, need_grad):
-    q = ls.exp_()  # [n, V]
-    diff = lt.exp_().sub_(q).neg_()  # q − p, in lt's storage
-    sign = diff.sign()  # [n, V]
+def _div_tvd(A, B, G, ws, la, l1a, beta, detach, need_grad):
+    q = A.exp_()  # [n, V]
+    diff = B.exp_().sub_(q).neg_()  # q − p
+    sign = torch.sign(diff, out=G)
     div = 0.5 * diff.mul_(sign).sum(-1)  # ½ Σ |q − p|   [n]
     if not need_grad:
         return div, None, None
@@ -184,7 +216,7 @@ _DIVERGENCES = {
 
 def _is_zero(la) -> bool:
     """True when log α is the python float −inf (α = 0: no mixture term)."""
-    return not torch.is_tensor(la) and la == float("-inf")
+    return not torch.is_tensor(la) and la == _NEG_INF
 
 
 def _log_alphas(alpha):
@@ -192,14 +224,14 @@ def _log_alphas(alpha):
     if torch.is_tensor(alpha):
         return torch.log(alpha), torch.log1p(-alpha)
     alpha = float(alpha)
-    return (math.log(alpha) if alpha > 0 else float("-inf")), math.log1p(-alpha)
+    return (math.log(alpha) if alpha > 0 else _NEG_INF), math.log1p(-alpha)
 
 
 @dataclass
 class _Spec:
     """What one fused pass computes. Per kept row r (batch index b):
     objective += w_div[b] · div_r + w_ce · CE_r, with w_div = scale (float) or
-    scale[b] ([B] tensor), divided by the number of kept rows when ``mean``."""
+    scale[b] ([B] tensor), both divided by the number of kept rows when ``mean``."""
 
     name: str | None  # divergence name, None for pure cross-entropy
     alpha: float | torch.Tensor = 0.1  # float or [B]
@@ -213,60 +245,75 @@ class _Spec:
     chunk_size: int = 1024
 
 
-def _chunk(s, t, labels, w, alpha, spec, w_ce, need_grad, cdt, out):
+def _log_softmax_into(dst, x, inv_t, scratch):
+    """dst = log_softmax(x · inv_t) in dst's dtype; x: [n, V] any float dtype."""
+    if inv_t == 1.0:
+        return torch.log_softmax(x, dim=-1, dtype=dst.dtype, out=dst)
+    scratch.copy_(x).mul_(inv_t)  # upcast first, then scale (no bf16 rounding of x / T)
+    return torch.log_softmax(scratch, dim=-1, out=dst)
+
+
+def _chunk(s, t, labels, w, alpha, spec, w_ce, need_grad, ws, out):
     """Loss terms and gradient of one chunk of kept rows.
 
     s: [n, V] student logit rows, t: [n, V] teacher rows (None for pure CE),
     labels: [n] (None without CE), w: float or [n, 1] divergence weight, alpha:
-    float or [n, 1]. Returns (div [n] or None, ce [n] or None, grad [n, V] or
-    None): grad = ∂(Σ_r w_r div_r + w_ce CE_r)/∂s in compute dtype, written into
-    ``out`` ([n, V], compute dtype) when given and possible; None means zero.
+    float or [n, 1], out: [n, V] compute-dtype destination of the gradient or
+    None. Returns (div [n] | None, ce [n] | None, grad [n, V] | None) with
+    grad = ∂(Σ_r w_r div_r + w_ce CE_r)/∂s (out itself when given).
     """
+    n = s.shape[0]
     inv_t = 1.0 / spec.temperature
-    s = s.to(cdt)  # [n, V] (no copy when already cdt)
-    ls = torch.log_softmax(s * inv_t if inv_t != 1.0 else s, dim=-1)  # log q   [n, V]
+    G = out if out is not None else ws("G", n)  # scratch, then the gradient   [n, V]
+    A = _log_softmax_into(ws("A", n), s, inv_t, scratch=G)  # log q   [n, V]
     ce = q1 = None
     if spec.with_ce:
         lab = labels.unsqueeze(1)  # [n, 1]
         if inv_t == 1.0:
-            ce = ls.gather(1, lab).squeeze(1).neg_()  # −log softmax(s)[label]   [n]
+            ce = A.gather(1, lab).squeeze(1).neg_()  # −log softmax(s)[label]   [n]
         else:  # CE is always at temperature 1
-            lse = torch.logsumexp(s, dim=-1, keepdim=True)  # [n, 1]
-            ce = (lse - s.gather(1, lab)).squeeze(1)  # [n]
+            L1 = _log_softmax_into(ws("Q1", n), s, 1.0, scratch=G)  # [n, V]
+            ce = L1.gather(1, lab).squeeze(1).neg_()
             if need_grad and w_ce:
-                q1 = torch.sub(s, lse).exp_()  # softmax(s)   [n, V]
+                q1 = L1.exp_()  # softmax(s)   [n, V]
     div = h = q = None
     if spec.name is not None:
-        t = t.to(cdt)
-        lt = torch.log_softmax(t * inv_t if inv_t != 1.0 else t, dim=-1)  # log p   [n, V]
+        B = _log_softmax_into(ws("B", n), t, inv_t, scratch=G)  # log p   [n, V]
         la, l1a = _log_alphas(alpha)
-        div, h, q = _DIVERGENCES[spec.name](ls, lt, la, l1a, spec.beta, spec.detach, need_grad)
-        del lt
+        div, h, q = _DIVERGENCES[spec.name](A, B, G, ws, la, l1a, spec.beta, spec.detach, need_grad)
     elif need_grad:
-        q = ls.exp_()  # [n, V]
-    del ls
+        q = A.exp_()
     if not need_grad:
         return div, ce, None
-    if q1 is None and w_ce:
-        q1 = q  # temperature 1: the CE softmax is q itself
-    grad = None
+    ce_done = not w_ce
     if h is not None:
-        # (w / T)(h − q Σh) + w_ce q1, with q1 = q folded into the row coefficient.
+        # grad = (w / T)(h − q Σh) + w_ce (q1 − onehot) = c·h + q·qcoef (+ w_ce q1) − w_ce onehot
         c = w.mul(inv_t) if torch.is_tensor(w) else w * inv_t  # float or [n, 1]
         qcoef = h.sum(-1, keepdim=True).mul_(-c)  # [n, 1]
-        if q1 is q and w_ce:
+        if not ce_done and q1 is None:  # temperature 1: the CE softmax is q itself
             qcoef.add_(w_ce)
-        grad = torch.mul(h, c, out=out) if out is not None else h.mul_(c)
-        del h
-        grad.addcmul_(q, qcoef)
-        if q1 is not q and w_ce:
-            grad.add_(q1, alpha=w_ce)
-    elif w_ce:
-        grad = q1.mul_(w_ce)
-    if grad is not None and w_ce:  # − w_ce · onehot(label)
-        rows = torch.arange(grad.shape[0], device=grad.device)
-        grad[rows, labels] -= w_ce
-    return div, ce, grad
+            ce_done = True
+        if h is G:
+            G.mul_(c).addcmul_(q, qcoef)
+        elif q is G:
+            G.mul_(qcoef)
+            if torch.is_tensor(c):
+                G.addcmul_(h, c)
+            else:
+                G.add_(h, alpha=c)
+        else:
+            torch.mul(h, c, out=G).addcmul_(q, qcoef)
+    elif not ce_done:
+        src = q if q1 is None else q1
+        torch.mul(src, w_ce, out=G)
+        ce_done = True
+    else:
+        G.zero_()
+    if not ce_done:
+        G.add_(q1, alpha=w_ce)
+    if w_ce:
+        G[torch.arange(n, device=G.device), labels] -= w_ce  # − w_ce · onehot(label)
+    return div, ce, G
 
 
 def _compute_dtype(*tensors):
@@ -285,38 +332,38 @@ def _fused_forward(student, teacher, mask, labels, spec, need_grad):
     b_idx, t_idx = mask.nonzero(as_tuple=True)  # [N], [N]
     n_rows = b_idx.numel()
     all_kept = n_rows == B * T
-    rows_view = {}  # contiguous [B*T, V] views for the all-kept fast path
+    rows_view = {}  # contiguous [B*T, ...] views for the all-kept fast path (no gather)
     if all_kept:
         for key, x in (("s", student), ("t", teacher), ("y", labels)):
             if x is not None and x.is_contiguous():
                 rows_view[key] = x.reshape(B * T, *x.shape[2:])
-    lin_idx = b_idx * T + t_idx  # [N] row index into a contiguous [B*T, V]
 
     def take(key, x, lo, hi):
         if key in rows_view:
             return rows_view[key][lo:hi]
         return x[b_idx[lo:hi], t_idx[lo:hi]]
 
-    per_token = 1.0 / n_rows if spec.mean and n_rows else (0.0 if spec.mean else 1.0)
+    per_token = (1.0 / n_rows if n_rows else 0.0) if spec.mean else 1.0
     w_ce = spec.w_ce * per_token
-    scale = spec.scale
-    if torch.is_tensor(scale):
-        scale = scale.to(device=device, dtype=cdt) * per_token  # [B]
+    if torch.is_tensor(spec.scale):
+        scale = spec.scale.to(device=device, dtype=cdt) * per_token  # [B]
     else:
-        scale = float(scale) * per_token
+        scale = float(spec.scale) * per_token
     alpha = spec.alpha.to(device=device, dtype=cdt) if torch.is_tensor(spec.alpha) else float(spec.alpha)
 
+    budget = CHUNK_BYTES["cpu" if device.type == "cpu" else "other"]
+    step = max(1, min(int(spec.chunk_size), budget // (V * torch.finfo(cdt).bits // 8)))
+    ws = _Workspace(min(step, max(n_rows, 1)), V, cdt, device)
     buf = buf_rows = None
     if need_grad:
-        if all_kept:
-            buf = torch.empty((B, T, V), dtype=student.dtype, device=device)  # every row gets written
-        else:
-            buf = torch.zeros((B, T, V), dtype=student.dtype, device=device)  # masked rows stay 0
+        # every row is written when all are kept; otherwise masked rows stay 0
+        buf = (torch.empty if all_kept else torch.zeros)((B, T, V), dtype=student.dtype, device=device)
         buf_rows = buf.view(B * T, V)
+    direct = need_grad and all_kept and buf.dtype == cdt  # write the gradient straight into buf
+    lin_idx = None if all_kept else b_idx * T + t_idx  # [N] row of each kept position in buf_rows
     objective = torch.zeros((), dtype=cdt, device=device)
     div_sum = torch.zeros((), dtype=cdt, device=device)
     ce_sum = torch.zeros((), dtype=cdt, device=device)
-    step = max(1, int(spec.chunk_size))
     for lo in range(0, n_rows, step):
         hi = min(n_rows, lo + step)
         s = take("s", student, lo, hi)  # [n, V]
@@ -324,9 +371,8 @@ def _fused_forward(student, teacher, mask, labels, spec, need_grad):
         y = take("y", labels, lo, hi) if spec.with_ce else None  # [n]
         w = scale[b_idx[lo:hi]].unsqueeze(1) if torch.is_tensor(scale) else scale  # float or [n, 1]
         a = alpha[b_idx[lo:hi]].unsqueeze(1) if torch.is_tensor(alpha) else alpha  # float or [n, 1]
-        direct = need_grad and all_kept and buf.dtype == cdt
         out = buf_rows[lo:hi] if direct else None
-        div, ce, grad = _chunk(s, t, y, w, a, spec, w_ce, need_grad, cdt, out)
+        div, ce, grad = _chunk(s, t, y, w, a, spec, w_ce, need_grad, ws, out)
         if div is not None:
             div_sum += div.sum()
             objective += (div * w.squeeze(1)).sum() if torch.is_tensor(w) else div.sum() * w
@@ -334,16 +380,11 @@ def _fused_forward(student, teacher, mask, labels, spec, need_grad):
             ce_sum += ce.sum()
             if w_ce:
                 objective += ce.sum() * w_ce
-        if need_grad:
-            if grad is None:
-                if all_kept:
-                    buf_rows[lo:hi].zero_()
-            elif all_kept:
-                if out is None or grad.data_ptr() != out.data_ptr():
-                    buf_rows[lo:hi].copy_(grad)
+        if need_grad and not direct:
+            if all_kept:
+                buf_rows[lo:hi].copy_(grad)
             else:
                 buf_rows.index_copy_(0, lin_idx[lo:hi], grad.to(buf.dtype))
-        del s, t, grad
     return objective, div_sum, ce_sum, buf
 
 
