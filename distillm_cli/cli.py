@@ -6,7 +6,6 @@ Runs as a console script and as a module (`python -m distillm_cli.cli`), so that
 from __future__ import annotations
 
 import difflib
-import itertools
 import os
 import sys
 import warnings

@@ -66,6 +66,14 @@ class LossConfig:
     detach_mixture: bool = False
     # Positions per chunk of the fused loss: bounds the [chunk, V] temporaries.
     chunk_size: int = 1024
+    # DistiLLM-2 (loss=distillm2): alpha is the SKL skew on teacher responses, alpha_s the
+    # SRKL skew on student responses, beta the starting weight of the SRKL term.
+    alpha_s: float = 0.1
+    beta_schedule: str = "linear"
+    alpha_curriculum: bool = True
+    alpha_min: float = 0.01
+    # Batched on-policy: regenerate the student responses of the pairs before each epoch.
+    regenerate: bool = False
 
 
 @dataclass
@@ -127,6 +135,8 @@ class GenerateConfig:
     """The generate-student stage: who answers which prompts."""
 
     source: str = "student"
+    # DistiLLM-2 curation: one teacher and one student response per prompt, in one record.
+    pairs: bool = False
     # "" means data.generate_split.
     split: str = ""
     max_prompts: int = 0
@@ -143,6 +153,22 @@ class EvalConfig:
     models: dict[str, str] = field(default_factory=dict)
     batch_size: int = 64
     sampling: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters on the student through peft (r=0: off); merged into the saved checkpoint."""
+
+    r: int = 0
+    alpha: int = 32
+    dropout: float = 0.05
+    # Module names to adapt; ["all-linear"] adapts every linear layer but the output head.
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
+class StudentConfig:
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -170,6 +196,7 @@ class Config:
     # CPU threads for torch (0: leave torch's default).
     threads: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     off_policy: OffPolicyConfig = field(default_factory=OffPolicyConfig)
@@ -199,6 +226,10 @@ def validate(cfg) -> None:
     need(0.0 <= cfg.loss.alpha < 1.0, f"loss.alpha={cfg.loss.alpha} is outside [0, 1); the papers use 0.1")
     need(0.0 < cfg.loss.beta < 1.0, f"loss.beta={cfg.loss.beta} is outside (0, 1); use e.g. loss.beta=0.5")
     need(0.0 <= cfg.loss.kd_ratio <= 1.0, f"loss.kd_ratio={cfg.loss.kd_ratio} is outside [0, 1]")
+    need(0.0 <= cfg.loss.alpha_s < 1.0, f"loss.alpha_s={cfg.loss.alpha_s} is outside [0, 1); the paper uses 0.1")
+    need(cfg.loss.beta_schedule in ("linear", "constant"),
+         f"loss.beta_schedule='{cfg.loss.beta_schedule}'; choose linear or constant")
+    need(cfg.student.lora.r >= 0, f"student.lora.r={cfg.student.lora.r} must be 0 (off) or positive")
     need(cfg.loss.temperature > 0, f"loss.temperature={cfg.loss.temperature} must be positive")
     need(cfg.loss.chunk_size > 0, f"loss.chunk_size={cfg.loss.chunk_size} must be positive")
     need(cfg.off_policy.name in OFF_POLICY_MODES,

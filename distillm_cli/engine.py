@@ -14,9 +14,9 @@ import random
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from omegaconf import OmegaConf
@@ -135,11 +135,11 @@ def build_engine(model, cfg, runtime: Runtime):
     import deepspeed
 
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)  # biases and norms: no weight decay
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr)
     scheduler = _cosine_schedule(optimizer, cfg.train)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg))
@@ -234,9 +234,12 @@ def _gathered_state_dict(engine) -> dict:
 
 def save_model(engine, tokenizer, out_dir: Path, runtime: Runtime, extra_files: dict | None = None) -> None:
     """Write a Hugging Face model dir atomically: into a temp dir, then renamed into place."""
+    from .modeling import plain_model
+
     module = engine.module if hasattr(engine, "module") else engine
     state = _gathered_state_dict(engine)
     if runtime.main:
+        module = plain_model(module)
         tmp = out_dir.with_name(f".{out_dir.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         module.save_pretrained(tmp, state_dict=state)
@@ -318,14 +321,17 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
           micro_loss: Callable[[dict, float], tuple[torch.Tensor, dict]],
           validation_loss: Callable[[], float] | None = None,
           on_validation: Callable[[int, float], dict] | None = None,
-          state: dict | None = None, bar_fields: Callable[[], dict] | None = None) -> dict:
+          state: dict | None = None, bar_fields: Callable[[], dict] | None = None,
+          count_units: Callable[[dict], int] | None = None) -> dict:
     """The shared loop: plan a step, forward/backward each micro-batch, step, log, validate, save.
 
     The loss of each micro-batch is a token *sum* divided by the response tokens of the
     whole accumulation window on all ranks, times the world size (DeepSpeed averages
     gradients over ranks). So grad_accum and the number of processes never change the update.
     `state` maps names to objects with state_dict/load_state_dict that resume restores.
+    `count_units` says what the loss averages over (default: response tokens; DistiLLM-2: prompts).
     """
+    count_units = count_units or (lambda batch: int((batch["labels"] != -100).sum()))
     state = state or {}
     runlog = RunLog(run_dir, runtime)
     start_step = 0
@@ -348,7 +354,7 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
             plan = plan_step(step)
             if runtime.world_size > 1 and "data_source" in plan.info:
                 plan.info["data_source_ranks"] = _same_on_every_rank(plan.info["data_source"], step)
-            local_tokens = sum(int((b["labels"] != -100).sum()) for b in plan.micro_batches)
+            local_tokens = sum(count_units(b) for b in plan.micro_batches)
             window_tokens = all_reduce_sum(local_tokens, runtime)
             normalizer = max(window_tokens, 1.0) / runtime.world_size
             step_loss, step_stats = 0.0, {}
@@ -366,7 +372,7 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
             tokens_seen += local_tokens * runtime.world_size
             per_token = max(step_stats.get("tokens", 0.0), 1.0)  # this rank's response tokens
             record = {"step": step + 1, "loss": last_loss, "lr": engine.get_lr()[0], "tokens": int(window_tokens),
-                      "kd": step_stats.get("kd_sum", 0.0) / per_token, "ce": step_stats.get("ce_sum", 0.0) / per_token,
+                      **{k[:-4]: v / per_token for k, v in step_stats.items() if k.endswith("_sum")},
                       **plan.info}
             if validation_loss is not None and cfg.train.eval_interval and (
                     (step + 1) % cfg.train.eval_interval == 0 or step + 1 == cfg.train.max_steps):

@@ -16,7 +16,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def model_source(cfg, role: str) -> str:
     """Where the teacher/student comes from: an earlier stage's output, else the model preset."""
     explicit = cfg.teacher_dir if role == "teacher" else cfg.student_dir
-    return explicit or (cfg.model.teacher if role == "teacher" else cfg.model.student)
+    source = explicit or (cfg.model.teacher if role == "teacher" else cfg.model.student)
+    if source.startswith("smollm2-"):  # model=smollm2: presets made into cached model dirs (smollm2.py)
+        from .smollm2 import resolve
+
+        source = resolve(source, cfg.seed)
+    return source
 
 
 def _is_preset(source: str) -> bool:
@@ -89,6 +94,30 @@ def load_model(cfg, role: str, tokenizer, *, seed: int | None = None):
         raise UserError(f"cannot load {role} model '{source}': {str(error).splitlines()[0]} "
                         "(no hub access here? use a local model directory)") from error
     return model
+
+
+def add_lora(model, lora_cfg):
+    """Wrap the student in LoRA adapters (peft); only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = list(lora_cfg.target_modules)
+    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                        target_modules="all-linear" if targets == ["all-linear"] else targets,
+                        task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:
+        raise UserError(f"student.lora.target_modules={targets} does not fit this model: "
+                        f"{str(error).splitlines()[0]}") from error
+
+
+def plain_model(module):
+    """The module to save as a Hugging Face checkpoint: LoRA adapters merged into a copy."""
+    if hasattr(module, "merge_and_unload"):
+        import copy
+
+        return copy.deepcopy(module).merge_and_unload()
+    return module
 
 
 def vocab_size(tokenizer) -> int:

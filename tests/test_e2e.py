@@ -94,3 +94,28 @@ def test_a_run_dir_with_another_config_is_not_overwritten(tmp_path):
     assert second.returncode == 2
     assert "holds a run with another config" in second.stderr and "Traceback" not in second.stderr
     assert (run_dir / "checkpoint" / "model.safetensors").read_bytes() == before
+
+
+def test_distillm2_pipeline_curates_pairs_and_regenerates(tmp_path):
+    run_dir = tmp_path / "d2"
+    result = run_cli("pipeline", "experiment=distillm2", "loss.regenerate=true", "train.max_steps=4",
+                     "train.micro_batch_size=4", "eval.max_examples=8", "generate.max_prompts=8",
+                     "generation.max_new_tokens=12", "eval.sampling.max_new_tokens=12", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    pair = json.loads((run_dir / "generate" / "generations.jsonl").read_text().splitlines()[0])
+    assert {"prompt", "teacher_response", "student_response"} <= set(pair)
+    metrics = read_metrics(run_dir / "distill")
+    betas = [m["beta"] for m in metrics]
+    assert betas[0] == 0.5 and betas[-1] == pytest.approx(1.0) and betas == sorted(betas)
+    assert all(0.01 <= m["alpha_t"] <= 0.1 and 0.01 <= m["alpha_s"] <= 0.1 for m in metrics)
+    assert set(json.loads((run_dir / "evaluate" / "summary.json").read_text())["models"]) == {
+        "teacher", "sft_student", "distilled"}
+
+
+def test_lora_student_is_saved_as_a_plain_checkpoint(tmp_path):
+    run_dir = tmp_path / "lora"
+    result = run_cli("distill", "student.lora.r=4", "loss=skew_rkl", "train.max_steps=2", "train.micro_batch_size=4",
+                     "off_policy=none", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoint")
+    assert not any("lora" in name for name, _ in model.named_parameters())

@@ -57,7 +57,8 @@ def run(cfg) -> dict:
                     per_seed.append({"rouge_l": rouge_l(texts, references),
                                      "exact_match": 100.0 * exact_match(texts, references)})
                     for record, text in zip(records, texts):
-                        out.write(json.dumps({"model": name, "seed": seed, "prompt": prompt_text(record, cfg.data.template),
+                        out.write(json.dumps({"model": name, "seed": seed,
+                                              "prompt": prompt_text(record, cfg.data.template),
                                               "prediction": text, "reference": record["output"]}) + "\n")
             scores = summarize_scores(per_seed)
             results[name] = {**scores, "source": source, "seconds": time.perf_counter() - started}

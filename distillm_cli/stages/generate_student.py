@@ -4,7 +4,8 @@ Recipe: load the model that answers (the student, or the teacher with generate=t
 -> build the prompts of the chosen split -> skip prompts already answered in this run
 dir -> batched sampling with a progress bar -> append one JSON line per prompt.
 With the teacher as source the file is SeqKD data: `distill generations=<this run>`
-trains on it.
+trains on it. With generate.pairs=true (DistiLLM-2 curation) both models answer and
+each line holds the pair: teacher_response and student_response.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ def run(cfg) -> dict:
     seed_everything(cfg.seed)
     run_dir = prepare_run_dir(cfg, runtime, allow_existing=True)
     role = cfg.generate.source
-    tokenizer = load_tokenizer(cfg, role)
-    model = load_model(cfg, role, tokenizer).to(runtime.device)
+    roles = ("teacher", "student") if cfg.generate.pairs else (role,)
+    tokenizer = load_tokenizer(cfg, roles[0])
+    models = {r: load_model(cfg, r, tokenizer).to(runtime.device) for r in roles}
 
     split = cfg.generate.split or cfg.data.generate_split
     records = load_split(cfg, split, need_responses=False)
@@ -40,24 +42,32 @@ def run(cfg) -> dict:
     written = 0
     if runtime.main and todo:
         size = cfg.generation.batch_size
-        with progress_bar(f"generate ({role})", len(todo)) as bar, out_path.open("a", encoding="utf-8") as out:
+        bar_context = progress_bar(f"generate ({' + '.join(roles)})", len(todo))
+        with bar_context as bar, out_path.open("a", encoding="utf-8") as out:
             for start in range(0, len(todo), size):
                 chunk = todo[start:start + size]
                 texts = [prompt_text(r, cfg.data.template) for r in chunk]
                 prompts = [encode_prompt(tokenizer, t, cfg.data.max_prompt_length) for t in texts]
                 room = cfg.data.max_length - max(len(p) for p in prompts)
-                responses = generate(model, prompts, cfg.generation, eos_id=tokenizer.eos_token_id,
-                                     pad_id=tokenizer.pad_token_id, seed=cfg.seed * 100_003 + start,
-                                     max_new_tokens=max(1, min(cfg.generation.max_new_tokens, room)))
-                for record, text, response in zip(chunk, texts, responses):
-                    out.write(json.dumps({
-                        "prompt": text, "response": tokenizer.decode(response, skip_special_tokens=True),
-                        "reference": record.get("output"), "model": model_source(cfg, role), "source": role,
-                        "sampling": sampling, "seed": cfg.seed}) + "\n")
+                answers = {r: generate(models[r], prompts, cfg.generation, eos_id=tokenizer.eos_token_id,
+                                       pad_id=tokenizer.pad_token_id, seed=cfg.seed * 100_003 + start,
+                                       max_new_tokens=max(1, min(cfg.generation.max_new_tokens, room)))
+                           for r in roles}
+                for i, (record, text) in enumerate(zip(chunk, texts)):
+                    line = {"prompt": text, "reference": record.get("output"), "sampling": sampling, "seed": cfg.seed}
+                    if cfg.generate.pairs:
+                        line.update({f"{r}_response": tokenizer.decode(answers[r][i], skip_special_tokens=True)
+                                     for r in roles}, teacher=model_source(cfg, "teacher"),
+                                    student=model_source(cfg, "student"))
+                    else:
+                        line.update(response=tokenizer.decode(answers[role][i], skip_special_tokens=True),
+                                    model=model_source(cfg, role), source=role)
+                    out.write(json.dumps(line) + "\n")
                 out.flush()
                 written += len(chunk)
-                bar.advance(len(chunk), tokens=sum(len(r) for r in responses))
+                bar.advance(len(chunk), tokens=sum(len(a) for r in roles for a in answers[r]))
     return RunLog(run_dir, runtime).summary({
-        "stage": "generate-student", "source": role, "model": model_source(cfg, role), "split": split,
+        "stage": "generate-student", "source": "pairs" if cfg.generate.pairs else role,
+        "model": model_source(cfg, role), "split": split,
         "prompts": len(records), "generated": written, "skipped": len(records) - len(todo),
         "generations": str(out_path)})

@@ -3,6 +3,7 @@
   sft-teacher      -> <run_dir>/sft_teacher     the teacher
   sft-student      -> <run_dir>/sft_student     the student's start, the SFT-only baseline
   generate-student -> <run_dir>/generate        the teacher answers the unlabelled prompts
+                                                (loss=distillm2: teacher and student response pairs)
   distill          -> <run_dir>/distill         SFT student + teacher answers + off-policy samples
   evaluate         -> <run_dir>/evaluate        teacher vs SFT-only vs distilled
 
@@ -31,6 +32,13 @@ def _user_overrides() -> list[str]:
     return keep
 
 
+def generate_overrides(cfg, ckpt: dict) -> list[str]:
+    """DistiLLM-2 curates teacher/student pairs; otherwise the teacher answers the unlabelled prompts."""
+    if cfg.loss.name == "distillm2":
+        return ["generate.pairs=true", f"teacher_dir={ckpt['sft_teacher']}", f"student_dir={ckpt['sft_student']}"]
+    return ["generate=teacher", "generation=greedy", f"teacher_dir={ckpt['sft_teacher']}"]
+
+
 def run(cfg) -> dict:
     from . import STAGES
 
@@ -39,8 +47,7 @@ def run(cfg) -> dict:
     plan = [
         ("sft_teacher", "sft-teacher", []),
         ("sft_student", "sft-student", []),
-        ("generate", "generate-student", ["generate=teacher", "generation=greedy",
-                                          f"teacher_dir={ckpt['sft_teacher']}"]),
+        ("generate", "generate-student", generate_overrides(cfg, ckpt)),
         ("distill", "distill", [f"teacher_dir={ckpt['sft_teacher']}", f"student_dir={ckpt['sft_student']}",
                                 f"generations={root / 'generate' / 'generations.jsonl'}"]),
         ("evaluate", "evaluate", [f"+eval.models.teacher={ckpt['sft_teacher']}",
@@ -73,6 +80,7 @@ def run(cfg) -> dict:
     summary = {"stage": "pipeline", "stage_seconds": seconds, "scores": {
         name: {"rouge_l": scores[name]["rouge_l"]["mean"], "exact_match": scores[name]["exact_match"]["mean"]}
         for name in ("teacher", "sft_student", "distilled")},
-        "distilled_minus_sft_rouge_l": scores["distilled"]["rouge_l"]["mean"] - scores["sft_student"]["rouge_l"]["mean"]}
+        "distilled_minus_sft_rouge_l":
+            scores["distilled"]["rouge_l"]["mean"] - scores["sft_student"]["rouge_l"]["mean"]}
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

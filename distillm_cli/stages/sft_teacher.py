@@ -10,10 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data import BatchStream, collate, encode_split
-from ..engine import (RunLog, StepPlan, build_engine, forward_logits, mean_over_batches, prepare_run_dir, save_model,
-                      seed_everything, setup_runtime, train)
+from ..engine import (
+    RunLog,
+    StepPlan,
+    build_engine,
+    forward_logits,
+    mean_over_batches,
+    prepare_run_dir,
+    save_model,
+    seed_everything,
+    setup_runtime,
+    train,
+)
 from ..losses import kd_objective
-from ..modeling import load_model, load_tokenizer, vocab_size
+from ..modeling import add_lora, load_model, load_tokenizer, vocab_size
 
 
 def run(cfg) -> dict:
@@ -24,6 +34,8 @@ def run(cfg) -> dict:
 
     tokenizer = load_tokenizer(cfg, role)
     model = load_model(cfg, role, tokenizer)
+    if role == "student" and cfg.student.lora.r:
+        model = add_lora(model, cfg.student.lora)
     vocab, pad = vocab_size(tokenizer), tokenizer.pad_token_id
     split = cfg.data.teacher_split if role == "teacher" else cfg.data.train_split
     train_examples = encode_split(cfg, tokenizer, split)

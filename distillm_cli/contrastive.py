@@ -1,0 +1,78 @@
+"""DistiLLM-2's contrastive recipe around the loss: response pairs, the beta and alpha curricula.
+
+The loss itself is `losses.distillm2`; this module holds what changes over training
+(METHOD.md §4, Ko et al. 2025):
+
+- beta, the weight of the student-response (SRKL) term, rises linearly from beta0 to 1;
+- alpha, the skew of each sample, is set so that (1 - alpha) * gap stays near the value
+  it had in the first epoch, where gap = |mean teacher token prob - mean student token
+  prob| on that sample's response; clipped to [alpha_min, alpha0]; alpha0 in epoch one.
+  A large gap keeps alpha near alpha0 (strong skew, bounded gradients); as the student
+  closes the gap alpha shrinks toward plain KL.
+"""
+from __future__ import annotations
+
+import torch
+
+from .data import IGNORE, Example, build_example, collate
+
+
+def beta_at(step: int, total_steps: int, beta0: float, schedule: str) -> float:
+    """beta at `step`: 'linear' goes from beta0 (step 0) to 1.0 (last step); 'constant' stays at beta0."""
+    if schedule == "constant" or total_steps <= 1:
+        return beta0
+    return beta0 + (1.0 - beta0) * step / (total_steps - 1)
+
+
+@torch.no_grad()
+def mean_label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sample, the mean probability the model gives the response tokens. logits [B, T, V] -> [B]."""
+    keep = labels != IGNORE  # [B, T]
+    safe = labels.clamp_min(0)
+    log_z = torch.logsumexp(logits.float(), dim=-1)  # [B, T]
+    picked = logits.float().gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # [B, T]
+    probs = torch.where(keep, (picked - log_z).exp(), torch.zeros_like(log_z))
+    return probs.sum(1) / keep.sum(1).clamp_min(1)
+
+
+class AlphaCurriculum:
+    """Per-sample alpha from the teacher/student probability gap (fixed at alpha0 in epoch one)."""
+
+    def __init__(self, alpha0: float, alpha_min: float, enabled: bool, first_epoch_steps: int):
+        self.alpha0, self.alpha_min, self.enabled = alpha0, alpha_min, enabled
+        self.first_epoch_steps = first_epoch_steps
+        self.target_sum, self.target_count = 0.0, 0  # running mean of (1 - alpha0) * gap in epoch one
+
+    @property
+    def target(self) -> float | None:
+        return self.target_sum / self.target_count if self.target_count else None
+
+    def alphas(self, step: int, gap: torch.Tensor) -> torch.Tensor:
+        """alpha for each sample of a batch given its gap [B]."""
+        gap = gap.abs().double()
+        if not self.enabled or step < self.first_epoch_steps or self.target is None:
+            if self.enabled and step < self.first_epoch_steps:
+                self.target_sum += float(((1 - self.alpha0) * gap).sum())
+                self.target_count += gap.numel()
+            return torch.full_like(gap, self.alpha0)
+        alpha = 1.0 - self.target / gap.clamp_min(1e-8)
+        return alpha.clamp(self.alpha_min, self.alpha0)
+
+    def state_dict(self) -> dict:
+        return {"target_sum": self.target_sum, "target_count": self.target_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.target_sum, self.target_count = state["target_sum"], state["target_count"]
+
+
+def pair_batch(pairs: list[tuple[Example, Example]], pad_id: int) -> dict[str, torch.Tensor]:
+    """One batch [teacher responses; student responses] so each model runs one forward."""
+    batch = collate([t for t, _ in pairs] + [s for _, s in pairs], pad_id)
+    batch["pairs"] = torch.tensor(len(pairs))
+    return batch
+
+
+def pair_examples(prompt_ids: list[int], teacher_ids: list[int], student_ids: list[int], eos_id: int,
+                  max_length: int) -> tuple[Example, Example]:
+    return (build_example(prompt_ids, teacher_ids, eos_id, max_length),
+            build_example(prompt_ids, student_ids, eos_id, max_length))

@@ -1,0 +1,59 @@
+"""DistiLLM-2's curricula: beta schedule, per-sample alpha from the probability gap, pair batches."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distillm_cli.contrastive import AlphaCurriculum, beta_at, mean_label_probability, pair_batch, pair_examples
+
+
+def test_beta_rises_linearly_from_beta0_to_one():
+    assert beta_at(0, 11, 0.5, "linear") == 0.5
+    assert beta_at(5, 11, 0.5, "linear") == pytest.approx(0.75)
+    assert beta_at(10, 11, 0.5, "linear") == pytest.approx(1.0)
+    assert [beta_at(s, 11, 0.3, "constant") for s in (0, 5, 10)] == [0.3, 0.3, 0.3]
+
+
+def test_alpha_is_alpha0_in_the_first_epoch_then_follows_the_gap():
+    curriculum = AlphaCurriculum(alpha0=0.1, alpha_min=0.01, enabled=True, first_epoch_steps=2)
+    first = curriculum.alphas(0, torch.tensor([0.2, 0.4]))
+    assert first.tolist() == [0.1, 0.1]
+    curriculum.alphas(1, torch.tensor([0.3, 0.3]))
+    target = 0.9 * 0.3  # mean of (1 - alpha0) * gap over epoch one
+    assert curriculum.target == pytest.approx(target)
+    later = curriculum.alphas(2, torch.tensor([0.3, 0.2, 0.2995, 1.0, -0.5]))
+    expected = [min(0.1, max(0.01, 1 - target / g)) for g in (0.3, 0.2, 0.2995, 1.0, 0.5)]
+    assert later.tolist() == pytest.approx(expected)
+    assert later[1] == pytest.approx(0.01)  # a small gap clips at alpha_min
+    assert later[3] == pytest.approx(0.1)  # a large gap clips at alpha0
+
+
+def test_alpha_curriculum_off_keeps_alpha0_and_state_round_trips():
+    off = AlphaCurriculum(0.1, 0.01, enabled=False, first_epoch_steps=1)
+    assert off.alphas(5, torch.tensor([0.9, 0.01])).tolist() == [0.1, 0.1]
+    on = AlphaCurriculum(0.1, 0.01, enabled=True, first_epoch_steps=1)
+    on.alphas(0, torch.tensor([0.5]))
+    copy = AlphaCurriculum(0.1, 0.01, enabled=True, first_epoch_steps=1)
+    copy.load_state_dict(on.state_dict())
+    assert copy.target == on.target
+
+
+def test_mean_label_probability_matches_a_direct_computation():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 7)
+    labels = torch.tensor([[-100, 3, 5, -100], [1, -100, -100, -100]])
+    probs = logits.softmax(-1)
+    expected = [(probs[0, 1, 3] + probs[0, 2, 5]) / 2, probs[1, 0, 1]]
+    assert mean_label_probability(logits, labels).tolist() == pytest.approx([float(e) for e in expected])
+
+
+def test_pair_batch_stacks_teacher_then_student_responses():
+    pairs = [pair_examples([5, 6], [7], [8, 9], eos_id=1, max_length=10),
+             pair_examples([5], [7, 7], [9], eos_id=1, max_length=10)]
+    batch = pair_batch(pairs, pad_id=0)
+    assert int(batch["pairs"]) == 2 and batch["input_ids"].shape[0] == 4
+    assert batch["input_ids"][0, :4].tolist() == [5, 6, 7, 1]
+    assert batch["input_ids"][2, :5].tolist() == [5, 6, 8, 9, 1]
+    assert not math.isnan(float(batch["labels"].float().mean()))
