@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .config import STAGE_NAMES, register_configs, validate
+from .config import STAGE_NAMES, check_paths, register_configs, validate
 from .errors import UserError, report_and_exit
 
 STAGE_HELP = {
@@ -145,6 +145,7 @@ def preflight(stage_override: str, args: list[str]) -> None:
                 cfg = compose(config_name="config", overrides=[stage_override, *combo])
                 OmegaConf.resolve(_without_hydra_resolvers(cfg))
                 validate(cfg)
+                check_paths(cfg)
             except UserError as error:
                 report_and_exit(str(error))
             except Exception as error:  # noqa: BLE001 - every composition error is the user's

@@ -49,6 +49,8 @@ class TrainConfig:
     # Write a resumable checkpoint every this many steps (0: only at the end).
     save_interval: int = 0
     keep_checkpoints: int = 2
+    # A non-finite loss: stop (keeping the last good checkpoint) or skip that step (grad_accum=1 only).
+    on_nonfinite: str = "stop"
 
 
 @dataclass
@@ -242,6 +244,11 @@ def validate(cfg) -> None:
     for key in ("max_steps", "micro_batch_size", "grad_accum"):
         value = cfg.train[key]
         need(value > 0, f"train.{key}={value} must be a positive integer")
+    need(cfg.train.on_nonfinite in ("stop", "skip"),
+         f"train.on_nonfinite='{cfg.train.on_nonfinite}'; choose stop or skip")
+    need(cfg.train.on_nonfinite == "stop" or cfg.train.grad_accum == 1,
+         "train.on_nonfinite=skip needs train.grad_accum=1 (a half-accumulated step cannot be undone)")
+    need(cfg.train.keep_checkpoints > 0, "train.keep_checkpoints must be at least 1")
     need(cfg.train.lr > 0, f"train.lr={cfg.train.lr} must be positive")
     need(cfg.data.max_prompt_length > 0 and cfg.data.max_length > cfg.data.max_prompt_length,
          f"data.max_length={cfg.data.max_length} must be longer than data.max_prompt_length="
@@ -260,3 +267,40 @@ def validate(cfg) -> None:
          f"{', '.join(LOGGER_NAMES)}")
     zero = cfg.deepspeed.get("zero_optimization", {}).get("stage", 0)
     need(zero in (0, 1, 2, 3), f"unknown ZeRO stage {zero}; choose deepspeed=zero0, zero1, zero2 or zero3")
+
+
+def check_paths(cfg) -> None:
+    """Paths the user gave must exist (inputs) or be creatable (run_dir) before any work starts."""
+    import os
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from .errors import UserError
+
+    if cfg.data.name == "jsonl" and cfg.stage != "pipeline":
+        for key in ("path", "valid_path", "test_path"):
+            value = cfg.data[key]
+            if value and not Path(value).is_file():
+                raise UserError(f"data.{key}='{value}' does not exist; point it at a jsonl file")
+    for key in ("teacher_dir", "student_dir"):
+        value = cfg[key]
+        if value and cfg.stage != "pipeline":
+            if not Path(value).exists():
+                if value.startswith((".", "/", "~")) or value.count("/") != 1:
+                    raise UserError(f"{key}='{value}' does not exist; point it at a checkpoint/ folder of an "
+                                    "earlier run or at a Hugging Face model dir")
+            elif not (Path(value) / "config.json").exists():
+                raise UserError(f"{key}='{value}' holds no Hugging Face model (no config.json); use the "
+                                "checkpoint/ folder inside a run directory")
+    if cfg.generations and cfg.stage == "distill" and not Path(cfg.generations).exists():
+        raise UserError(f"generations='{cfg.generations}' does not exist; run generate-student first and pass "
+                        "its generations.jsonl (or run dir)")
+    run_dir = OmegaConf.to_container(cfg, resolve=False)["run_dir"]
+    if "${" not in run_dir:
+        ancestor = Path(run_dir).absolute()
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
+            raise UserError(f"cannot create run_dir '{run_dir}': '{ancestor}' is not a writable directory; "
+                            "choose a writable run_dir")

@@ -348,7 +348,7 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
     logger = make_logger(cfg.logger, run_dir, start_step=start_step,
                          config=OmegaConf.to_container(cfg, resolve=True))
     engine.train()
-    last_loss, last_val, started, tokens_seen = float("nan"), None, time.perf_counter(), 0
+    last_loss, last_val, started, tokens_seen, skipped = float("nan"), None, time.perf_counter(), 0, 0
     with progress_bar(description, cfg.train.max_steps, start_step) as bar:
         for step in range(start_step, cfg.train.max_steps):
             plan = plan_step(step)
@@ -360,15 +360,28 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
             step_loss, step_stats = 0.0, {}
             for batch in plan.micro_batches:
                 loss, stats = micro_loss(batch, normalizer)
+                # Checked before backward, on every rank together, so no bad update is ever applied.
+                if not math.isfinite(all_reduce_sum(0.0 if torch.isfinite(loss).all() else math.inf, runtime)):
+                    break
                 engine.backward(loss, scale_wrt_gas=False)
                 engine.step()
                 step_loss += float(loss.detach())
                 for key, value in stats.items():
                     step_stats[key] = step_stats.get(key, 0.0) + value
+            else:
+                step_stats["ok"] = True
+            if "ok" not in step_stats:
+                if cfg.train.on_nonfinite == "skip":
+                    skipped += 1
+                    log.warning("step %d: non-finite loss, step skipped (%d so far)", step + 1, skipped)
+                    runlog.log({"step": step + 1, "loss": None, "skipped": True, **plan.info})
+                    bar.advance(1)
+                    continue
+                raise UserError(f"the loss became non-finite at step {step + 1}; the run stopped and the last "
+                                "good checkpoint is kept: lower train.lr, check the data and model, or pass "
+                                "train.on_nonfinite=skip")
+            del step_stats["ok"]
             last_loss = all_reduce_sum(step_loss, runtime) / runtime.world_size
-            if not math.isfinite(last_loss):
-                raise UserError(f"the loss became {last_loss} at step {step + 1}; lower train.lr or check the "
-                                "data (the last good checkpoint is kept)")
             tokens_seen += local_tokens * runtime.world_size
             per_token = max(step_stats.get("tokens", 0.0), 1.0)  # this rank's response tokens
             record = {"step": step + 1, "loss": last_loss, "lr": engine.get_lr()[0], "tokens": int(window_tokens),
@@ -390,7 +403,7 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
                                   cfg.train.keep_checkpoints, runtime)
     logger.close()
     elapsed = time.perf_counter() - started
-    return {"final_loss": last_loss, "val_loss": last_val, "steps": cfg.train.max_steps, "train_seconds": elapsed,
+    return {"final_loss": last_loss, "val_loss": last_val, "skipped_steps": skipped, "steps": cfg.train.max_steps, "train_seconds": elapsed,
             "tokens_per_second": tokens_seen / max(elapsed, 1e-9)}
 
 
