@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from .errors import UserError
 from .loggers import make_logger
-from .ui import is_main_process, progress_bar
+from .ui import progress_bar
 
 log = logging.getLogger("distillm")
 
@@ -403,13 +403,8 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
                                   cfg.train.keep_checkpoints, runtime)
     logger.close()
     elapsed = time.perf_counter() - started
-    return {"final_loss": last_loss, "val_loss": last_val, "skipped_steps": skipped, "steps": cfg.train.max_steps, "train_seconds": elapsed,
-            "tokens_per_second": tokens_seen / max(elapsed, 1e-9)}
-
-
-def stage_banner(name: str, cfg) -> None:
-    if is_main_process():
-        log.info("%s -> %s", name, cfg.run_dir)
+    return {"final_loss": last_loss, "val_loss": last_val, "skipped_steps": skipped, "steps": cfg.train.max_steps,
+            "train_seconds": elapsed, "tokens_per_second": tokens_seen / max(elapsed, 1e-9)}
 
 
 def forward_logits(model, batch: dict, device: torch.device, vocab: int) -> torch.Tensor:

@@ -39,8 +39,9 @@ def save_model(path, tokenizer, nan: bool = False):
 
 @pytest.mark.parametrize("case, make_args, expected", [
     ("missing data file", lambda d: ["data=jsonl", f"data.path={d / 'none.jsonl'}"], "does not exist"),
-    ("malformed jsonl line", lambda d: ["data=jsonl", "data.valid_size=1",
-                                        f"data.path={jsonl(d / 'bad.jsonl', [{'instruction': 'a', 'output': 'b'}, '{oops'])}"],
+    ("malformed jsonl line", lambda d: [
+        "data=jsonl", "data.valid_size=1",
+        f"data.path={jsonl(d / 'bad.jsonl', [{'instruction': 'a', 'output': 'b'}, '{oops'])}"],
      "bad.jsonl:2: not valid JSON"),
     ("empty dataset", lambda d: ["data=jsonl", f"data.path={jsonl(d / 'empty.jsonl', [])}"], "holds no records"),
     ("records without a response", lambda d: [
