@@ -151,8 +151,13 @@ class EvalConfig:
     split: str = ""
     max_examples: int = 0
     seeds: list[int] = field(default_factory=lambda: [0])
-    # name -> model dir or hub id; empty: the student (student_dir, else model.student).
+    # name -> model dir, run dir or hub id; empty: the student (student_dir, else model.student).
     models: dict[str, str] = field(default_factory=dict)
+    # name -> jsonl file, or "" for the data config's split of that name; empty: the test split.
+    sets: dict[str, str] = field(default_factory=dict)
+    # A teacher model: adds KL(teacher || model) on validation responses to each model's scores.
+    teacher: str = ""
+    kl_examples: int = 128
     batch_size: int = 64
     sampling: GenerationConfig = field(default_factory=GenerationConfig)
 

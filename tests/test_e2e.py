@@ -80,6 +80,7 @@ def test_pipeline_end_to_end(tmp_path):
     assert str(run_dir / "sft_teacher" / "checkpoint") in distill_cfg
     scores = json.loads((run_dir / "evaluate" / "summary.json").read_text())["models"]
     assert set(scores) == {"teacher", "sft_student", "distilled"}
+    assert scores["teacher"]["kl_to_teacher"] < 1e-6 < scores["distilled"]["kl_to_teacher"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["scores"]) == {"teacher", "sft_student", "distilled"}
     assert "distillm pipeline" in result.stdout + result.stderr
@@ -119,3 +120,19 @@ def test_lora_student_is_saved_as_a_plain_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     model = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoint")
     assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_evaluate_several_sets_and_seeds(tmp_path):
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({"instruction": "Say yes.", "input": "", "output": "yes"}) + "\n")
+    run_dir = tmp_path / "eval"
+    result = run_cli("evaluate", "eval=paper", "eval.seeds=[1,2]", "eval.max_examples=6", "+eval.sets.test=",
+                     f"+eval.sets.extra={extra}", "eval.sampling.max_new_tokens=8", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["sets"] == {"test": 6, "extra": 1}
+    scores = summary["models"]["student"]["sets"]["test"]["rouge_l"]
+    assert len(scores["per_seed"]) == 2 and 0.0 <= scores["mean"] <= 100.0
+    predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 2 * (6 + 1)
+    assert "ROUGE-L" in result.stdout

@@ -1,70 +1,117 @@
 """evaluate: score models by generating answers to held-out prompts (METHOD.md §3).
 
-Recipe: pick the models (eval.models, else the student) -> build the test prompts ->
-for each model and seed: batched generation, cut at EOS -> ROUGE-L (F, stemmed, max over
-references, x100) and exact match -> mean and std over seeds -> predictions.jsonl,
-summary.json and a table.
+Recipe: pick the models (eval.models, else the student) and the eval sets (eval.sets,
+else data.test_split) -> for each model, set and seed: batched generation, cut at EOS
+-> ROUGE-L (F, stemmed, max over references, x100) and exact match -> mean and std
+over seeds -> with a teacher (eval.teacher), the token-level KL(teacher || model) on the
+validation split as a cheap extra score -> predictions.jsonl, summary.json, a table.
 """
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
-from ..data import encode_prompt, load_split, prompt_text
-from ..engine import RunLog, prepare_run_dir, seed_everything, setup_runtime
+from ..data import collate, encode_prompt, encode_split, load_split, prompt_text, read_jsonl
+from ..engine import RunLog, forward_logits, prepare_run_dir, seed_everything, setup_runtime
+from ..errors import UserError
 from ..generation import generate
+from ..losses import kd_objective
 from ..metrics import exact_match, rouge_l, summarize_scores
-from ..modeling import load_model, load_tokenizer, model_source
+from ..modeling import load_model, load_tokenizer, model_source, vocab_size
 from ..ui import print_table, progress_bar
 
 
 def models_to_score(cfg) -> dict[str, str]:
-    models = OmegaConf.to_container(cfg.eval.models, resolve=True)
-    return models or {"student": model_source(cfg, "student")}
+    """name -> model dir / hub id; a run dir stands for its checkpoint/."""
+    models = OmegaConf.to_container(cfg.eval.models, resolve=True) or {"student": model_source(cfg, "student")}
+    return {name: str(Path(src) / "checkpoint") if (Path(src) / "checkpoint").is_dir() else src
+            for name, src in models.items()}
+
+
+def eval_sets(cfg) -> dict[str, list[dict]]:
+    """name -> records: a split of the data config, or a jsonl file (instruction/input/output)."""
+    sets = OmegaConf.to_container(cfg.eval.sets, resolve=True) or {cfg.eval.split or cfg.data.test_split: ""}
+    loaded = {}
+    for name, source in sets.items():
+        records = read_jsonl(source) if source else load_split(cfg, name)
+        if cfg.eval.max_examples:
+            records = records[: cfg.eval.max_examples]
+        if any(not r.get("output") for r in records):
+            raise UserError(f"eval set '{name}' has records without a reference output")
+        loaded[name] = records
+    return loaded
+
+
+@torch.no_grad()
+def kl_to_teacher(model, teacher, batches: list[dict], vocab: int, device) -> float:
+    """Token-mean KL(teacher || model) over validation responses."""
+    total, tokens = 0.0, 0.0
+    for batch in batches:
+        student_logits = forward_logits(model, batch, device, vocab)
+        teacher_logits = forward_logits(teacher, batch, device, vocab)
+        _, stats = kd_objective(student_logits, teacher_logits, batch["labels"].to(device), loss="fkl", normalizer=1.0)
+        total, tokens = total + stats["kd_sum"], tokens + stats["tokens"]
+    return total / max(tokens, 1.0)
 
 
 def run(cfg) -> dict:
     runtime = setup_runtime(cfg)
     seed_everything(cfg.seed)
     run_dir = prepare_run_dir(cfg, runtime)
-    split = cfg.eval.split or cfg.data.test_split
-    records = load_split(cfg, split)
-    if cfg.eval.max_examples:
-        records = records[: cfg.eval.max_examples]
-    references = [[r["output"]] for r in records]
+    sets = eval_sets(cfg)
+    teacher, valid_batches = None, []
 
     results, rows = {}, []
-    predictions_path = run_dir / "predictions.jsonl"
-    with predictions_path.open("w", encoding="utf-8") as out:
+    with (run_dir / "predictions.jsonl").open("w", encoding="utf-8") as out:
         for name, source in models_to_score(cfg).items():
             sub = OmegaConf.merge(cfg, {"student_dir": source})
             tokenizer = load_tokenizer(sub, "student")
-            model = load_model(sub, "student", tokenizer).to(runtime.device)
-            prompts = [encode_prompt(tokenizer, prompt_text(r, cfg.data.template), cfg.data.max_prompt_length)
-                       for r in records]
-            room = cfg.data.max_length - max(len(p) for p in prompts)
-            started, per_seed = time.perf_counter(), []
-            with progress_bar(f"evaluate {name}", len(prompts) * len(cfg.eval.seeds)) as bar:
-                for seed in cfg.eval.seeds:
-                    responses = generate(
-                        model, prompts, cfg.eval.sampling, eos_id=tokenizer.eos_token_id,
-                        pad_id=tokenizer.pad_token_id, seed=seed, batch_size=cfg.eval.batch_size,
-                        max_new_tokens=max(1, min(cfg.eval.sampling.max_new_tokens, room)),
-                        on_batch=lambda n, tokens: bar.advance(n, tokens=tokens))
-                    texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in responses]
-                    per_seed.append({"rouge_l": rouge_l(texts, references),
-                                     "exact_match": 100.0 * exact_match(texts, references)})
-                    for record, text in zip(records, texts):
-                        out.write(json.dumps({"model": name, "seed": seed,
-                                              "prompt": prompt_text(record, cfg.data.template),
-                                              "prediction": text, "reference": record["output"]}) + "\n")
-            scores = summarize_scores(per_seed)
-            results[name] = {**scores, "source": source, "seconds": time.perf_counter() - started}
-            rows.append([name, f"{scores['rouge_l']['mean']:.2f} ± {scores['rouge_l']['std']:.2f}",
-                         f"{scores['exact_match']['mean']:.1f}", f"{results[name]['seconds']:.0f}s"])
-    print_table(f"evaluation on {split} ({len(records)} prompts, seeds {list(cfg.eval.seeds)})",
-                ["model", "ROUGE-L", "exact match %", "time"], rows)
-    return RunLog(run_dir, runtime).summary({"stage": "evaluate", "split": split, "prompts": len(records),
+            model = load_model(sub, "student", tokenizer).to(runtime.device).eval()
+            results[name] = {"source": source, "sets": {}}
+            started = time.perf_counter()
+            for set_name, records in sets.items():
+                prompts = [encode_prompt(tokenizer, prompt_text(r, cfg.data.template), cfg.data.max_prompt_length)
+                           for r in records]
+                references = [[r["output"]] for r in records]
+                room = cfg.data.max_length - max(len(p) for p in prompts)
+                per_seed = []
+                with progress_bar(f"evaluate {name} on {set_name}", len(prompts) * len(cfg.eval.seeds)) as bar:
+                    for seed in cfg.eval.seeds:
+                        responses = generate(
+                            model, prompts, cfg.eval.sampling, eos_id=tokenizer.eos_token_id,
+                            pad_id=tokenizer.pad_token_id, seed=seed, batch_size=cfg.eval.batch_size,
+                            max_new_tokens=max(1, min(cfg.eval.sampling.max_new_tokens, room)),
+                            on_batch=lambda n, tokens: bar.advance(n, tokens=tokens))
+                        texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in responses]
+                        per_seed.append({"rouge_l": rouge_l(texts, references),
+                                         "exact_match": 100.0 * exact_match(texts, references)})
+                        for record, text in zip(records, texts):
+                            out.write(json.dumps({"model": name, "set": set_name, "seed": seed,
+                                                  "prompt": prompt_text(record, cfg.data.template),
+                                                  "prediction": text, "reference": record["output"]}) + "\n")
+                results[name]["sets"][set_name] = summarize_scores(per_seed)
+            if cfg.eval.teacher:
+                if teacher is None:
+                    teacher_cfg = OmegaConf.merge(cfg, {"student_dir": cfg.eval.teacher})
+                    teacher = load_model(teacher_cfg, "student", tokenizer).to(runtime.device).eval()
+                    valid = encode_split(cfg, tokenizer, cfg.data.valid_split)[: cfg.eval.kl_examples]
+                    valid_batches = [collate(valid[i:i + cfg.eval.batch_size], tokenizer.pad_token_id)
+                                     for i in range(0, len(valid), cfg.eval.batch_size)]
+                results[name]["kl_to_teacher"] = kl_to_teacher(model, teacher, valid_batches, vocab_size(tokenizer),
+                                                                runtime.device)
+            results[name]["seconds"] = time.perf_counter() - started
+            first = next(iter(sets))
+            results[name].update(results[name]["sets"][first])  # headline: the first set
+            for set_name, scores in results[name]["sets"].items():
+                rows.append([name, set_name, f"{scores['rouge_l']['mean']:.2f} ± {scores['rouge_l']['std']:.2f}",
+                             f"{scores['exact_match']['mean']:.1f}",
+                             f"{results[name].get('kl_to_teacher', float('nan')):.4f}",
+                             f"{results[name]['seconds']:.0f}s"])
+    print_table(f"evaluation (seeds {list(cfg.eval.seeds)})",
+                ["model", "set", "ROUGE-L", "exact match %", "KL(teacher‖model)", "time"], rows)
+    return RunLog(run_dir, runtime).summary({"stage": "evaluate", "sets": {k: len(v) for k, v in sets.items()},
                                              "seeds": list(cfg.eval.seeds), "models": results})

@@ -52,7 +52,7 @@ def run(cfg) -> dict:
                                 f"generations={root / 'generate' / 'generations.jsonl'}"]),
         ("evaluate", "evaluate", [f"+eval.models.teacher={ckpt['sft_teacher']}",
                                   f"+eval.models.sft_student={ckpt['sft_student']}",
-                                  f"+eval.models.distilled={ckpt['distill']}"]),
+                                  f"+eval.models.distilled={ckpt['distill']}", f"eval.teacher={ckpt['sft_teacher']}"]),
     ]
     user = _user_overrides()
     seconds, summaries = {}, {}
