@@ -115,6 +115,8 @@ class DataConfig:
     generate_split: str = "unlabelled"
     valid_split: str = "valid"
     test_split: str = "test"
+    # Plain pre-training text for the loss.lm_coef term (jsonl with "text", or a .txt file).
+    lm_path: str = ""
     # Cap on training examples per split (0: all).
     max_examples: int = 0
 
@@ -237,6 +239,9 @@ def validate(cfg) -> None:
     need(cfg.loss.beta_schedule in ("linear", "constant"),
          f"loss.beta_schedule='{cfg.loss.beta_schedule}'; choose linear or constant")
     need(cfg.student.lora.r >= 0, f"student.lora.r={cfg.student.lora.r} must be 0 (off) or positive")
+    need(cfg.loss.lm_coef >= 0, f"loss.lm_coef={cfg.loss.lm_coef} must be 0 or positive")
+    need(cfg.loss.lm_coef == 0 or cfg.data.lm_path or cfg.stage != "distill",
+         "loss.lm_coef > 0 adds CE on pre-training text: set data.lm_path to a .txt or jsonl ({\"text\": ...}) file")
     need(cfg.loss.temperature > 0, f"loss.temperature={cfg.loss.temperature} must be positive")
     need(cfg.loss.chunk_size > 0, f"loss.chunk_size={cfg.loss.chunk_size} must be positive")
     need(cfg.off_policy.name in OFF_POLICY_MODES,
@@ -288,6 +293,8 @@ def check_paths(cfg) -> None:
             value = cfg.data[key]
             if value and not Path(value).is_file():
                 raise UserError(f"data.{key}='{value}' does not exist; point it at a jsonl file")
+    if cfg.data.lm_path and not Path(cfg.data.lm_path).is_file():
+        raise UserError(f"data.lm_path='{cfg.data.lm_path}' does not exist; point it at a .txt or jsonl file")
     for key in ("teacher_dir", "student_dir"):
         value = cfg[key]
         if value and cfg.stage != "pipeline":

@@ -169,6 +169,28 @@ def read_generations(path: str | Path, tokenizer, cfg) -> list[Example]:
     return [encode_record(tokenizer, record, cfg) for record in records if record.get("output") is not None]
 
 
+def read_lm_blocks(path: str | Path, tokenizer, block: int) -> list[Example]:
+    """Plain text cut into blocks of `block` tokens; every token is a target (DistiLLM's LM term)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        texts = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    texts.append(json.loads(line)["text"])
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise UserError(f"{path}:{number}: expected a JSON object with a 'text' field") from error
+    else:
+        texts = [path.read_text(encoding="utf-8")]
+    ids = []
+    for text in texts:
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    blocks = [ids[i:i + block] for i in range(0, len(ids) - 1, block) if len(ids[i:i + block]) > 1]
+    if not blocks:
+        raise UserError(f"data.lm_path '{path}' holds no text")
+    return [Example(torch.tensor(b), torch.tensor(b[1:] + [IGNORE]), 0) for b in blocks]
+
+
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of examples into a batch: input_ids, attention_mask, labels [B, T]."""
     width = max(len(e.input_ids) for e in examples)

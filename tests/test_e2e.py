@@ -136,3 +136,14 @@ def test_evaluate_several_sets_and_seeds(tmp_path):
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 2 * (6 + 1)
     assert "ROUGE-L" in result.stdout
+
+
+def test_language_modelling_term_on_plain_text(tmp_path):
+    text = tmp_path / "lm.txt"
+    text.write_text("plain pre-training text, a few words long. " * 30)
+    run_dir = tmp_path / "lm"
+    result = run_cli("distill", "loss.lm_coef=1.0", f"data.lm_path={text}", "train.max_steps=2",
+                     "train.micro_batch_size=4", "off_policy=none", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for record in read_metrics(run_dir):
+        assert record["lm_ce"] > 0 and record["loss"] == pytest.approx(record["kd"] + record["lm_ce"], rel=1e-4)

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from ..contrastive import AlphaCurriculum, beta_at, mean_label_probability, pair_batch, pair_examples
-from ..data import BatchStream, Example, build_example, collate, encode_prompt, encode_split, read_generations
+from ..data import (BatchStream, Example, build_example, collate, encode_prompt, encode_split, read_generations,
+                    read_lm_blocks)
 from ..engine import (
     RunLog,
     StepPlan,
@@ -92,6 +93,11 @@ def run(cfg) -> dict:
         valid_examples = encode_split(cfg, tokenizer, cfg.data.valid_split)
     valid_batches = [collate(valid_examples[i:i + mb], pad)
                      for i in range(0, min(len(valid_examples), mb * cfg.train.valid_batches), mb)]
+
+    lm_stream = None
+    if cfg.loss.lm_coef > 0:  # DistiLLM's language-modelling term on plain pre-training text
+        lm_blocks = read_lm_blocks(cfg.data.lm_path, tokenizer, cfg.data.max_length)
+        lm_stream = BatchStream(lm_blocks, mb, cfg.seed + 1, runtime.rank, runtime.world_size)
 
     engine = build_engine(student, cfg, runtime)
     stream = BatchStream(train_items, mb, cfg.seed, runtime.rank, runtime.world_size)
@@ -171,14 +177,26 @@ def run(cfg) -> dict:
                  "alpha_t_sum": float(alpha_t.sum()), "alpha_s_sum": float(alpha_s.sum())}
         return loss * n / normalizer, stats
 
+    def lm_term(stats: dict) -> torch.Tensor:
+        """lm_coef * token-mean CE on one batch of pre-training text, an equal share of the window."""
+        batch = collate(lm_stream.next(), pad)
+        logits = forward_logits(engine, batch, runtime.device, vocab)
+        ce, lm_stats = kd_objective(logits, None, batch["labels"].to(runtime.device), loss="fkl", kd_ratio=0.0,
+                                    chunk_size=cfg.loss.chunk_size)
+        stats["lm_ce_sum"] = float(ce.detach()) * stats["tokens"]  # logged per response token like kd/ce
+        return cfg.loss.lm_coef * ce / cfg.train.grad_accum
+
     def micro_loss(batch: dict, normalizer: float):
         if contrastive:
             return contrastive_loss(batch, normalizer)
         with torch.no_grad():
             teacher_logits = forward_logits(teacher, batch, runtime.device, vocab)  # [B, T, V]
         student_logits = forward_logits(engine, batch, runtime.device, vocab)  # [B, T, V]
-        return kd_objective(student_logits, teacher_logits, batch["labels"].to(runtime.device),
-                            normalizer=normalizer, **loss_params)
+        loss, stats = kd_objective(student_logits, teacher_logits, batch["labels"].to(runtime.device),
+                                   normalizer=normalizer, **loss_params)
+        if lm_stream is not None:
+            loss = loss + lm_term(stats)
+        return loss, stats
 
     def objective_sum(batch: dict):
         teacher_logits = forward_logits(teacher, batch, runtime.device, vocab)
