@@ -21,8 +21,16 @@ from pathlib import Path
 import torch
 
 from ..contrastive import AlphaCurriculum, beta_at, mean_label_probability, pair_batch, pair_examples
-from ..data import (BatchStream, Example, build_example, collate, encode_prompt, encode_split, read_generations,
-                    read_lm_blocks)
+from ..data import (
+    BatchStream,
+    Example,
+    build_example,
+    collate,
+    encode_prompt,
+    encode_split,
+    read_generations,
+    read_lm_blocks,
+)
 from ..engine import (
     RunLog,
     StepPlan,
