@@ -74,6 +74,7 @@ def _publish(build, target: Path) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)
     try:
         build(tmp)
         try:
@@ -210,6 +211,14 @@ def resolve(source: str, seed: int = 0) -> str:
                     f"{STUDENT_PREFIX}<layers> and {STUDENT_PREFIX}random-<n>")
 
 
-if __name__ == "__main__":  # `python -m distillm_cli.smollm2`: convert now, print where
+if __name__ == "__main__":  # `python -m distillm_cli.smollm2 [PRESET ...]`: make them now, print where
+    import sys
+
+    from .errors import report_and_exit
+
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    print(teacher_dir())
+    try:
+        for preset in sys.argv[1:] or [TEACHER_PRESET]:
+            print(resolve(preset))
+    except UserError as error:
+        report_and_exit(str(error))

@@ -10,6 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 console = Console(stderr=True)
+if not console.is_terminal:  # logs and CI: wide enough that the bar's fields are not cut
+    console = Console(stderr=True, width=160)
 
 
 def is_main_process() -> bool:
