@@ -41,6 +41,11 @@ def test_every_loss_runs_under_zero3_as_a_sweep(tmp_path):
         assert_run_dir(run_dir, steps=3)
         seen.add(json.loads((run_dir / "summary.json").read_text())["loss"])
     assert seen == set(LOSSES)
+    report = run_cli("report", str(sweep))
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (sweep / "report.md").exists() and (sweep / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (sweep / "report.md").read_text()
+    assert all(f"loss={name}" in table for name in LOSSES)
 
 
 def test_adaptive_off_policy_trains_on_fresh_and_buffered_samples(tmp_path):
@@ -147,3 +152,19 @@ def test_language_modelling_term_on_plain_text(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for record in read_metrics(run_dir):
         assert record["lm_ce"] > 0 and record["loss"] == pytest.approx(record["kd"] + record["lm_ce"], rel=1e-4)
+
+
+def test_teacher_with_a_padded_embedding_distils(tmp_path):
+    """A teacher whose embedding has extra rows (e.g. 50304 for 50257 tokens) is cut to the shared vocabulary."""
+    from distillm_cli.toy import build_char_tokenizer, build_tiny_model
+
+    tokenizer = build_char_tokenizer()
+    teacher = build_tiny_model("tiny-teacher", tokenizer)
+    teacher.resize_token_embeddings(len(tokenizer) + 29)
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    run_dir = tmp_path / "run"
+    result = run_cli("distill", f"teacher_dir={tmp_path / 'teacher'}", "train.max_steps=2", "train.micro_batch_size=4",
+                     "off_policy=none", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in read_metrics(run_dir))
