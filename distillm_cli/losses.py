@@ -353,7 +353,14 @@ def _fused_forward(student, teacher, mask, labels, spec, need_grad):
             return flat[key][lo:hi]
         if key == "y":
             return flat[key][lin_idx[lo:hi]]
-        return torch.index_select(flat[key], 0, lin_idx[lo:hi], out=ws("in_" + key, hi - lo, x.dtype))
+        # Kept rows come in runs (one response per sequence): copy each run as a slice.
+        # index_select on [*, V] rows was measured 100-400x slower with 2 CPU threads.
+        idx, out, src = lin_idx[lo:hi], ws("in_" + key, hi - lo, x.dtype), flat[key]
+        bounds = [0, *(torch.nonzero(idx[1:] - idx[:-1] != 1).flatten() + 1).tolist(), hi - lo]
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            first = int(idx[start])
+            out[start:end].copy_(src[first:first + end - start])
+        return out
 
     per_token = (1.0 / n_rows if n_rows else 0.0) if spec.mean else 1.0
     w_ce = spec.w_ce * per_token
