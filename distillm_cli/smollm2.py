@@ -8,7 +8,7 @@ that file, once, into plain Hugging Face directories under the cache
 ``model=smollm2`` to them:
 
   smollm2-teacher                    the converted teacher       smollm2-135m-instruct/
-  smollm2-student-0.6.12.18.24.29    a Llama made of those teacher layers (embeddings,
+  smollm2-student-0.1.2.27.28.29     a Llama made of those teacher layers (embeddings,
                                      final norm and tied head copied; all else equal)
   smollm2-student-random-6           the same shape with 6 layers, random init (seed)
 
@@ -152,7 +152,7 @@ def parse_student(source: str) -> tuple[list[int] | None, int]:
     except ValueError:
         pass
     raise UserError(f"unknown student preset '{source}'; use smollm2-student-<layer>.<layer>... (teacher layers to "
-                    "keep, increasing, e.g. smollm2-student-0.6.12.18.24.29) or smollm2-student-random-<layers>")
+                    "keep, increasing, e.g. smollm2-student-0.1.2.27.28.29) or smollm2-student-random-<layers>")
 
 
 def build_student(teacher: Path, layers: list[int] | None, count: int, seed: int, out_dir: Path) -> None:

@@ -107,44 +107,89 @@ def _count_words(rng):
     return " ".join(words), str(len(words))
 
 
+def _number(rng):
+    return rng.randrange(10000) if rng.random() < 0.5 else rng.randrange(1000)
+
+
 def _number_to_words(rng):
-    n = rng.randrange(10000) if rng.random() < 0.5 else rng.randrange(1000)
+    n = _number(rng)
     return str(n), number_to_words(n)
+
+
+def _words_to_number(rng):
+    n = _number(rng)
+    return number_to_words(n), str(n)
+
+
+_ROMAN = ((1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"),
+          (50, "L"), (40, "XL"), (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I"))
+
+
+def to_roman(n: int) -> str:
+    out = ""
+    for value, letters in _ROMAN:
+        while n >= value:
+            out, n = out + letters, n - value
+    return out
+
+
+def _roman(rng):
+    n = rng.randint(1, 3999) if rng.random() < 0.5 else rng.randint(1, 399)
+    return str(n), to_roman(n)
+
+
+def _count_letters(rng):
+    word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, 9)))
+    return word, str(len(word))
+
+
+def _max_digit(rng):
+    digits = [str(rng.randrange(10)) for _ in range(rng.randint(2, 6))]
+    return " ".join(digits), max(digits)
+
+
+def _first_word(rng):
+    words = _words(rng, 2, 5)
+    return " ".join(words), words[0]
+
+
+def _last_word(rng):
+    words = _words(rng, 2, 5)
+    return " ".join(words), words[-1]
 
 
 # name -> (instruction phrasings, input/output generator)
 TASK_FAMILIES: dict[str, tuple[tuple[str, ...], object]] = {
-    "reverse_words": (
-        ("Reverse the order of the words.", "Write the words in reverse order.",
-         "Reverse the word order."),
-        _reverse_words,
-    ),
-    "every_second_word": (
-        ("Write every second word.", "Keep every other word, starting with the first.",
-         "List every second word."),
-        _every_second,
-    ),
-    "uppercase": (
-        ("Convert the text to uppercase.", "Write this in capital letters.",
-         "Make every letter uppercase."),
-        _uppercase,
-    ),
-    "count_words": (
-        ("How many words are there?", "Count the words.", "Count the words in the input."),
-        _count_words,
-    ),
-    "number_to_words": (
-        ("Write the number in words.", "Spell out this number.",
-         "Convert the number to words."),
-        _number_to_words,
-    ),
+    "reverse_words": (("Reverse the order of the words.", "Write the words in reverse order.",
+                       "Reverse the word order."), _reverse_words),
+    "every_second_word": (("Write every second word.", "Keep every other word.",
+                           "List every second word."), _every_second),
+    "uppercase": (("Convert the text to uppercase.", "Write this in capital letters.",
+                   "Make every letter uppercase."), _uppercase),
+    "count_words": (("How many words are there?", "Count the words.",
+                     "Count the words in the input."), _count_words),
+    "number_to_words": (("Write the number in words.", "Spell out this number.",
+                         "Convert the number to words."), _number_to_words),
+    "words_to_number": (("Write this as digits.", "Convert the words to a number.",
+                         "Write the number in digits."), _words_to_number),
+    "roman_numeral": (("Write this as a Roman numeral.", "Convert to Roman numerals.",
+                       "Give the Roman numeral."), _roman),
+    "count_letters": (("How many letters are there?", "Count the letters.",
+                       "Count the letters in the word."), _count_letters),
+    "max_digit": (("What is the largest digit?", "Find the largest digit.",
+                   "Give the biggest digit."), _max_digit),
+    "first_word": (("What is the first word?", "Write the first word.",
+                    "Give the first word."), _first_word),
+    "last_word": (("What is the last word?", "Write the last word.",
+                   "Give the last word."), _last_word),
 }
+DEFAULT_TASKS: tuple[str, ...] = tuple(TASK_FAMILIES)
 
 
-def _make_split(name: str, size: int, seed: int, seen: set[str]) -> list[dict]:
+def _make_split(name: str, size: int, seed: int, seen: set[str], tasks) -> list[dict]:
     """`size` records, families balanced (round robin) and shuffled; inputs unique in `seen`."""
     rng = random.Random(f"distillm-toy/{seed}/{name}")
-    families = list(TASK_FAMILIES)
+    families = list(tasks)
     records = []
     for i in range(size):
         task = families[i % len(families)]
@@ -163,7 +208,9 @@ def _make_split(name: str, size: int, seed: int, seen: set[str]) -> list[dict]:
     return records
 
 
-def make_toy_splits(seed: int, sizes: dict[str, int] | None = None) -> dict[str, list[dict]]:
+def make_toy_splits(
+    seed: int, sizes: dict[str, int] | None = None, tasks: tuple[str, ...] | None = None
+) -> dict[str, list[dict]]:
     """Deterministic toy splits ``teacher_train, train, unlabelled, valid, test``.
 
     ``sizes`` overrides entries of ``DEFAULT_SPLIT_SIZES`` (unknown names are an
@@ -178,7 +225,7 @@ def make_toy_splits(seed: int, sizes: dict[str, int] | None = None) -> dict[str,
             raise ValueError(f"toy split {key!r} needs a size >= 0, got {value}")
         merged[key] = int(value)
     seen: set[str] = set()
-    splits = {name: _make_split(name, merged[name], seed, seen) for name in DEFAULT_SPLIT_SIZES}
+    splits = {name: _make_split(name, merged[name], seed, seen, tasks or DEFAULT_TASKS) for name in DEFAULT_SPLIT_SIZES}
     return {name: splits[name] for name in ("teacher_train", "train", "unlabelled", "valid", "test")}
 
 

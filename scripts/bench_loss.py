@@ -155,35 +155,42 @@ def worker(args) -> dict:
         value.backward()
         return time.perf_counter() - t0, float(value)
 
-    try:
-        if args.mode == "memory":
+    if args.mode == "memory":
+        try:
             base_kb = _rss_kb()
             seconds, value = step(args.impl)
-            peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            return {"peak_mb": max(0, peak_kb - base_kb) / 1024, "first_s": seconds, "value": value}
-        times = {"full": [], "chunked": []}
-        values = {}
-        for impl in ("full", "chunked"):  # warm-up, not timed
+        except (RuntimeError, MemoryError) as exc:  # allocation refused by the address-space cap
+            return {"oom": _short(exc)}
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"peak_mb": max(0, peak_kb - base_kb) / 1024, "first_s": seconds, "value": value}
+    result, values, live = {}, {}, []
+    for impl in ("chunked", "full"):  # warm-up, not timed; an implementation that cannot allocate drops out
+        try:
             values[impl] = step(impl)[1]
-        grads = {}
-        for r in range(args.repeats):
-            for impl in (("full", "chunked") if r % 2 == 0 else ("chunked", "full")):
-                times[impl].append(step(impl)[0])
-                if impl not in grads:
-                    grads[impl] = student.grad
-        grad_diff = float((grads["chunked"] - grads["full"]).abs().max() / grads["full"].abs().max())
-        del grads
-        return {
-            "full_s": statistics.median(times["full"]),
-            "chunked_s": statistics.median(times["chunked"]),
-            "full_times": times["full"],
-            "chunked_times": times["chunked"],
-            "value_full": values["full"],
-            "value_chunked": values["chunked"],
-            "grad_rel_diff": grad_diff,
-        }
-    except (RuntimeError, MemoryError) as exc:  # allocation refused by the address-space cap
-        return {"oom": str(exc).splitlines()[0][:200]}
+            live.append(impl)
+        except (RuntimeError, MemoryError) as exc:
+            student.grad = None
+            result[f"{impl}_oom"] = _short(exc)
+    times = {impl: [] for impl in live}
+    grads = {}
+    for r in range(args.repeats):
+        for impl in (live if r % 2 == 0 else live[::-1]):  # alternate the order
+            times[impl].append(step(impl)[0])
+            grads.setdefault(impl, student.grad)
+    for impl in live:
+        result[f"{impl}_s"] = statistics.median(times[impl])
+        result[f"{impl}_times"] = times[impl]
+        result[f"value_{impl}"] = values[impl]
+    if len(grads) == 2:
+        result["grad_rel_diff"] = float((grads["chunked"] - grads["full"]).abs().max() / grads["full"].abs().max())
+    return result
+
+
+def _short(exc) -> str:
+    text = str(exc)
+    if "can't allocate memory" in text or isinstance(exc, MemoryError):
+        return "does not fit in the free memory"
+    return text.splitlines()[0][:160]
 
 
 # ----------------------------------------------------------------------------
@@ -201,8 +208,10 @@ def _spawn(args, mode, loss, vocab, impl=None) -> dict:
     if args.malloc == "tuned":
         env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40), MALLOC_TOP_PAD_=str(2**30))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode in (-9, 137):
+        return {"oom": "killed (out of memory?)"}
     if proc.returncode != 0:
-        return {"oom" if proc.returncode in (-9, 137) else "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:160]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -278,8 +287,15 @@ def main(argv=None) -> int:
             }
             row["time_ratio"] = _ratio(row["chunked_s"], row["full_s"])
             row["memory_ratio"] = _ratio(row["chunked_peak_mb"], row["full_peak_mb"])
-            problems = {k: v for k, v in (("full_memory", mem_full), ("chunked_memory", mem_chunk),
-                                          ("time", timing)) if "oom" in v or "error" in v}
+            problems = {}
+            for key, res in (("full", mem_full), ("chunked", mem_chunk)):
+                if "oom" in res or "error" in res:
+                    problems[key] = res.get("oom") or res.get("error")
+            for key in ("full", "chunked"):
+                if f"{key}_oom" in timing:
+                    problems.setdefault(key, timing[f"{key}_oom"])
+            if "oom" in timing or "error" in timing:
+                problems["time"] = timing.get("oom") or timing.get("error")
             if problems:
                 row["problems"] = problems
             per_loss[loss] = row

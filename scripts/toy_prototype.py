@@ -37,7 +37,12 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from distillm_cli.data import format_prompt  # noqa: E402
-from distillm_cli.toy import build_char_tokenizer, build_tiny_model, make_toy_splits  # noqa: E402
+from distillm_cli.toy import (  # noqa: E402
+    TINY_PRESETS,
+    build_char_tokenizer,
+    build_tiny_model,
+    make_toy_splits,
+)
 
 RESULT = "(not measured yet)"
 
@@ -193,7 +198,7 @@ def run_seed(seed, a):
     pad = tok.pad_token_id
     sizes = {k: v for k, v in (("teacher_train", a.teacher_train), ("train", a.train),
                                ("unlabelled", a.unlabelled), ("test", a.test)) if v is not None}
-    splits = make_toy_splits(seed, sizes)
+    splits = make_toy_splits(seed, sizes, tasks=tuple(a.tasks.split(",")) if a.tasks else None)
     res, times = {}, {}
 
     def timed(key, fn):
@@ -267,11 +272,19 @@ def main(argv=None):
     p.add_argument("--kd-ratio", type=float, default=1.0)
     p.add_argument("--gen-bs", type=int, default=100)
     p.add_argument("--max-new", type=int, default=48)
+    p.add_argument("--tasks", default="", help="comma-separated task families (default: toy.DEFAULT_TASKS)")
+    p.add_argument("--teacher-shape", default="", help="n_layer,n_embd,n_head overriding the preset")
+    p.add_argument("--student-shape", default="", help="n_layer,n_embd,n_head overriding the preset")
     p.add_argument("--control", action="store_true")
     p.add_argument("--log-every", type=int, default=0)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    print(vars(a), flush=True)
+    for preset, shape in (("tiny-teacher", a.teacher_shape), ("tiny-student", a.student_shape)):
+        if shape:
+            n_layer, n_embd, n_head = (int(x) for x in shape.split(","))
+            TINY_PRESETS[preset].update(n_layer=n_layer, n_embd=n_embd, n_head=n_head)
+    print(vars(a), {k: {n: v[n] for n in ("n_layer", "n_embd", "n_head")} for k, v in TINY_PRESETS.items()},
+          flush=True)
 
     rows = {}
     all_times = []

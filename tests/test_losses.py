@@ -390,6 +390,12 @@ def test_backward_scales_by_the_incoming_gradient():
     v.backward(retain_graph=True)
     v.backward()  # accumulates: the buffer handed out the first time must not have been modified
     assert torch.allclose(y.grad, 2.0 * g, rtol=1e-13)
+    # Two losses on the same logits (non-leaf, as in a model): their gradients add up.
+    _, g2 = value_and_grad(LOSSES["tvd"], s, t, mask)
+    z = s.clone().requires_grad_()
+    logits = z * 1.0
+    (LOSSES["skew_fkl"](logits, t, mask) + LOSSES["tvd"](logits, t, mask)).backward()
+    assert torch.allclose(z.grad, g + g2, rtol=1e-12, atol=1e-16)
 
 
 # ----------------------------------------------------------------------------

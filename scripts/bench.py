@@ -1,0 +1,209 @@
+"""All of distillm's benchmarks in one run, summarised in bench/results.json and one table.
+
+Runs, each as its own subprocess (their output streams through):
+
+* scripts/bench_vs_trl.py     distillm vs TRL's GKDTrainer on the same job: throughput and peak memory ratios
+* scripts/bench_step.py       one distill step over the sum of its unavoidable parts (and MFU on CUDA)
+* scripts/bench_loss.py       the fused chunked losses vs a full-vocabulary implementation: memory and time
+* scripts/bench_offpolicy.py  adaptive off-policy vs on-policy student samples: wall-time speed-up
+
+then writes ``<out-dir>/results.json``: the headline numbers (``vs_trl.throughput_ratio``,
+``vs_trl.peak_memory_ratio``, ``step_overhead_ratio``, ``loss_memory_ratio``,
+``offpolicy_speedup``, ``device``, and ``mfu`` on CUDA), each benchmark's full result, the
+exact commands and their wall times. Profiles:
+
+* ``--quick`` (``make bench``): short settings, about 10 minutes on 2 CPU cores;
+* default (``make bench-full``): the settings the numbers in the README come from;
+* ``--smoke``: the smallest settings that exercise every script end to end (a few
+  minutes; numbers meaningless), written under bench/smoke/ so it never mixes with real
+  results or with the off-policy benchmark's cached checkpoints.
+
+On CUDA (``torch.cuda.is_available()``) the model benchmarks run in bf16 and the step
+benchmark adds model FLOPs utilisation; on CPU that is skipped.
+
+    .venv/bin/python scripts/bench.py [--quick | --smoke] [--threads 2] [--only vs_trl step loss offpolicy]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent
+NAMES = ("vs_trl", "step", "loss", "offpolicy")
+
+
+def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
+    """The command line of every benchmark for a profile (paths relative to the repository root)."""
+    rel = os.path.relpath(out_dir, ROOT)
+    py = [sys.executable]
+    extra = {
+        "quick": {"vs_trl": ["--quick"], "step": ["--quick"], "loss": ["--quick"],
+                  "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"]},
+        "full": {"vs_trl": [], "step": [], "loss": [], "offpolicy": []},
+        "smoke": {"vs_trl": ["--steps", "1", "--repeats", "1"], "step": ["--repeats", "1"],
+                  "loss": ["--quick", "--positions", "256", "--losses", "fkl", "--repeats", "1"],
+                  "offpolicy": ["--steps", "2", "--sft-steps", "4", "--eval-examples", "4"]},
+    }[profile]
+    threads_flag = ["--threads", str(threads)]
+    return {
+        "vs_trl": [*py, "scripts/bench_vs_trl.py", *extra["vs_trl"], *threads_flag, "--out", f"{rel}/vs_trl.json"],
+        "step": [*py, "scripts/bench_step.py", *extra["step"], *threads_flag, "--out", f"{rel}/step.json"],
+        "loss": [*py, "scripts/bench_loss.py", *extra["loss"], *threads_flag, "--out", f"{rel}/loss.json"],
+        # The off-policy benchmark caches its SFT teacher/student in --work: one folder per profile.
+        "offpolicy": [*py, "scripts/bench_offpolicy.py", *extra["offpolicy"], "--work",
+                      f"{rel}/offpolicy_runs_{profile}", "--out", f"{rel}/offpolicy.json"],
+    }
+
+
+def run_one(name: str, cmd: list[str], out_path: Path, threads: int) -> dict:
+    print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DS_ACCELERATOR": accelerator(),
+           "PYTHONUNBUFFERED": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    out_path.unlink(missing_ok=True)  # never report a stale result as this run's
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env)
+    seconds = time.perf_counter() - started
+    record = {"command": " ".join(cmd), "seconds": round(seconds, 1), "returncode": proc.returncode}
+    if proc.returncode == 0 and out_path.exists():
+        record["result"] = json.loads(out_path.read_text())
+    else:
+        record["error"] = f"exit status {proc.returncode}" + ("" if out_path.exists() else f", no {out_path.name}")
+    return record
+
+
+def accelerator() -> str:
+    """DeepSpeed's accelerator for the subprocesses (the Makefile exports DS_ACCELERATOR=cpu for CPU machines)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_name(threads: int) -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name()}, bf16"
+    model = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {model}, {threads} threads"
+
+
+def git_revision() -> str | None:
+    try:
+        proc = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        return None
+    return proc.stdout.strip() or None
+
+
+def _get(record: dict, *keys):
+    value = record.get("result")
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
+    vs_trl, step, loss, offpolicy = (runs.get(n, {}) for n in NAMES)
+    results = {
+        "device": device_name(threads),
+        "profile": profile,
+        "revision": git_revision(),
+        "vs_trl": {
+            "throughput_ratio": _get(vs_trl, "throughput_ratio"),
+            "peak_memory_ratio": _get(vs_trl, "peak_memory_ratio"),
+            "throughput_ratio_same_malloc": _get(vs_trl, "throughput_ratio_same_malloc"),
+            "peak_memory_ratio_same_malloc": _get(vs_trl, "peak_memory_ratio_same_malloc"),
+            "cpu_time_ratio": _get(vs_trl, "cpu_time_ratio"),
+            "first_step_loss_rel_diff": _get(vs_trl, "loss_check", "first_step_rel_diff"),
+        },
+        "step_overhead_ratio": _get(step, "step_overhead_ratio"),
+        "loss_memory_ratio": _get(loss, "loss_memory_ratio"),
+        "loss_time_ratio": _get(loss, "loss_time_ratio"),
+        "offpolicy_speedup": _get(offpolicy, "offpolicy_speedup"),
+    }
+    if _get(step, "mfu") is not None:
+        results["mfu"] = _get(step, "mfu")
+        results["mfu_student_fwd_bwd"] = _get(step, "mfu_student_fwd_bwd")
+    results["commands"] = {n: r["command"] for n, r in runs.items()}
+    results["seconds"] = {n: r["seconds"] for n, r in runs.items()}
+    failed = {n: r["error"] for n, r in runs.items() if "error" in r}
+    if failed:
+        results["failed"] = failed
+    results["raw"] = {n: r.get("result") for n, r in runs.items()}
+    return results
+
+
+def _fmt(value, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(results: dict) -> None:
+    vs = results["vs_trl"]
+    rows = [
+        ("distillm / TRL GKD throughput", _fmt(vs["throughput_ratio"]), "x, higher is better"),
+        ("distillm / TRL GKD peak memory", _fmt(vs["peak_memory_ratio"]), "x, lower is better"),
+        ("  same, TRL with distillm's malloc", f"{_fmt(vs['throughput_ratio_same_malloc'])} / "
+         f"{_fmt(vs['peak_memory_ratio_same_malloc'])}", "throughput x / memory x"),
+        ("  first-step loss vs TRL", _fmt(vs["first_step_loss_rel_diff"], ".1e"), "relative difference"),
+        ("step / sum of unavoidable parts", _fmt(results["step_overhead_ratio"]), "x, 1.0 is the limit"),
+        ("fused loss / full: peak memory", _fmt(results["loss_memory_ratio"]), "x, worst loss, lower is better"),
+        ("fused loss / full: time", _fmt(results["loss_time_ratio"]), "x, worst loss, lower is better"),
+        ("adaptive off-policy speed-up", _fmt(results["offpolicy_speedup"]), "x vs on-policy, higher is better"),
+    ]
+    if "mfu" in results:
+        rows.append(("MFU, full distill step", _fmt(100 * results["mfu"], ".1f") if results["mfu"] else "-",
+                     "% of bf16 peak"))
+    width = max(len(r[0]) for r in rows)
+    print(f"\ndistillm benchmarks ({results['profile']}) on {results['device']}")
+    print(f"{'metric':<{width}}  {'value':>11}  unit")
+    print("-" * (width + 40))
+    for label, value, unit in rows:
+        print(f"{label:<{width}}  {value:>11}  {unit}")
+    for name, seconds in results["seconds"].items():
+        print(f"  ({name}: {seconds:.0f} s)", end="")
+    print()
+    for name, error in results.get("failed", {}).items():
+        print(f"FAILED {name}: {error}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    profile = parser.add_mutually_exclusive_group()
+    profile.add_argument("--quick", action="store_true", help="short settings (make bench, ~10 min on 2 cores)")
+    profile.add_argument("--smoke", action="store_true", help="tiny settings: checks the scripts run, not the numbers")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES), help="run only these benchmarks")
+    parser.add_argument("--out-dir", default=None, help="default: bench (bench/smoke with --smoke)")
+    args = parser.parse_args(argv)
+    name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    out_dir = (ROOT / (args.out_dir or ("bench/smoke" if args.smoke else "bench"))).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmds = commands(name, out_dir, args.threads)
+    runs = {}
+    for bench in args.only:
+        runs[bench] = run_one(bench, cmds[bench], out_dir / f"{bench}.json", args.threads)
+    results = summarize(name, args.threads, runs)
+    path = out_dir / "results.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"written to {path}")
+    return 1 if "failed" in results else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

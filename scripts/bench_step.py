@@ -1,0 +1,203 @@
+"""How far one distill step is from its physical limit: the step over the sum of its unavoidable parts.
+
+Same shapes as scripts/bench_vs_trl.py: random-init GPT-2 teacher 4 x 128 and student
+2 x 64, vocabulary 50257, batch 8 x 128 tokens (96 completion), forward KL, 2 threads.
+
+* full step: distillm's own step, as the distill stage runs it through engine.train for
+  one micro-batch: teacher forward under no_grad, student forward through the DeepSpeed
+  engine, ``kd_objective`` (fused chunked forward KL), the finiteness check,
+  ``engine.backward(loss, scale_wrt_gas=False)``, ``engine.step()`` (gradient clipping at
+  1.0, AdamW, LR schedule) and reading the loss (the loop's per-step logging is not in it).
+* the parts, each measured alone, on separate copies of the same models:
+  - teacher forward under no_grad (the logits [B, T, V] included);
+  - student forward + backward with the cheapest loss that still sends a gradient through
+    the full logits: ``F.cross_entropy`` on the labels;
+  - the optimizer step: ``torch.optim.AdamW.step()`` over the student's parameters (the
+    optimizer build_engine makes, same groups and settings), gradients present. On CUDA
+    the weights are bf16 with fp32 master weights, so the step also copies the masters
+    back into the bf16 weights, as any mixed-precision step must.
+
+``step_overhead_ratio = full / (teacher + student + optimizer)``: 1.0 would mean the
+distillation costs nothing beyond a teacher forward and a plain CE training step, so
+what is above 1 is the divergence itself (teacher softmax, KL, its gradient) plus the
+engine's bookkeeping (clipping, schedule, checks). All timings are medians over
+``--repeats`` rounds that alternate the four measurements (rotating their order) in one
+process, after one warm-up of each.
+
+On CUDA the models run in bf16 and the report adds model FLOPs utilisation:
+6 * P * tokens / time / peak, with P the student's parameters without the position
+embeddings (the tied output head counted once) and tokens = B * T, for the full step
+(``mfu``) and for the student's forward + backward alone (``mfu_student_fwd_bwd``);
+the peak is the GPU's dense bf16 peak (table below, or ``--peak-tflops``).
+
+    .venv/bin/python scripts/bench_step.py [--repeats 10] [--quick] [--out bench/step.json]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_vs_trl import (  # noqa: I001  (the sibling script: shared models, data and distillm set-up)
+    BATCH,
+    COMPLETION,
+    SEQ,
+    VOCAB,
+    compose_distill_config,
+    device_name,
+    distill_micro_loss,
+    distillm_batches,
+    make_token_ids,
+    setup_distillm,
+)
+
+# Dense bf16 tensor-core peak, FLOP/s (vendor data sheets; SXM parts unless named).
+PEAK_BF16 = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100": 989.4e12, "A100": 312.0e12, "L40S": 362.0e12,
+             "L4": 121.0e12}
+
+
+def peak_flops(name: str) -> float | None:
+    for key, value in PEAK_BF16.items():  # most specific names first
+        if key in name:
+            return value
+    return None
+
+
+def trained_params(model) -> int:
+    """Parameters that cost FLOPs per token: all (tied head counted once) but the position embeddings."""
+    return sum(p.numel() for n, p in model.named_parameters() if "wpe" not in n)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10; --quick: 3)")
+    parser.add_argument("--quick", action="store_true", help="3 timed rounds")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 peak for MFU (default: table)")
+    parser.add_argument("--out", default="bench/step.json")
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (3 if args.quick else 10)
+
+    import torch
+    import torch.nn.functional as F
+
+    from distillm_cli.engine import all_reduce_sum
+
+    cuda = torch.cuda.is_available()
+    tmp = tempfile.TemporaryDirectory(prefix="bench_step_")
+    cfg = compose_distill_config(steps=10**6, lr=args.lr, threads=args.threads, cuda=cuda, run_dir=tmp.name)
+    runtime, teacher, engine, _ = setup_distillm(cfg, args.seed)
+    device = runtime.device
+    batch = distillm_batches(make_token_ids(1, args.seed + 2))[0]
+    tokens = float((batch["labels"] != -100).sum())
+    micro_loss = distill_micro_loss(cfg, teacher, engine, runtime)
+    engine.train()
+
+    # Separate copies for the parts, so they never touch the engine's weights or gradients.
+    plain_teacher = copy.deepcopy(teacher.module if hasattr(teacher, "module") else teacher).eval()
+    plain_student = copy.deepcopy(engine.module).train()
+    params = [p for p in plain_student.parameters() if p.requires_grad]
+    # The optimizer steps its own copy of the weights (fp32 masters on CUDA, refreshed into the
+    # bf16 weights after each step), so the student part's gradients never reach it.
+    masters = [p.detach().float().clone().requires_grad_() for p in params]
+    groups = [{"params": [p for p in masters if p.ndim >= 2], "weight_decay": cfg.train.weight_decay},
+              {"params": [p for p in masters if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr)
+    for p in masters:
+        p.grad = torch.randn_like(p) * 1e-3
+    ids = batch["input_ids"].to(device)
+    mask = batch["attention_mask"].to(device)
+    labels = batch["labels"].to(device)
+
+    def full_step() -> None:
+        loss, _ = micro_loss(batch, tokens)
+        if all_reduce_sum(0.0 if torch.isfinite(loss).all() else float("inf"), runtime) != 0.0:
+            raise RuntimeError("non-finite loss")
+        engine.backward(loss, scale_wrt_gas=False)
+        engine.step()
+        float(loss.detach())
+
+    def teacher_forward():
+        with torch.no_grad():
+            return plain_teacher(input_ids=ids, attention_mask=mask).logits  # [B, T, V]
+
+    def student_forward_backward() -> None:
+        logits = plain_student(input_ids=ids, attention_mask=mask).logits  # [B, T, V]
+        F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100).backward()
+
+    def optimizer_step() -> None:
+        optimizer.step()
+        if cuda:
+            with torch.no_grad():
+                for p, m in zip(params, masters):
+                    p.copy_(m)  # fp32 master -> bf16 weight
+
+    parts = {"full_step": full_step, "teacher_forward": teacher_forward,
+             "student_forward_backward_ce": student_forward_backward, "optimizer_step": optimizer_step}
+
+    def timed(name: str) -> float:
+        plain_student.zero_grad(set_to_none=True)  # fresh gradients each pass, as after engine.step()
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        parts[name]()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    for name in parts:  # warm-up
+        timed(name)
+    times = {name: [] for name in parts}
+    names = list(parts)
+    for r in range(args.repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(timed(name))
+    med = {name: statistics.median(values) for name, values in times.items()}
+    limit = med["teacher_forward"] + med["student_forward_backward_ce"] + med["optimizer_step"]
+    result = {
+        "device": device_name(args.threads),
+        "setup": {"vocab": VOCAB, "batch": BATCH, "seq_len": SEQ, "completion_tokens": COMPLETION,
+                  "loss": cfg.loss.name, "dtype": cfg.model.dtype, "threads": torch.get_num_threads(),
+                  "repeats": args.repeats},
+        "step_overhead_ratio": med["full_step"] / limit,
+        "seconds": med,
+        "sum_of_parts_s": limit,
+        "times": times,
+    }
+    if cuda:
+        peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(torch.cuda.get_device_name())
+        n_params, n_tokens = trained_params(plain_student), BATCH * SEQ
+        result["mfu_params"], result["mfu_tokens"], result["peak_flops"] = n_params, n_tokens, peak
+        if peak:
+            result["mfu"] = 6 * n_params * n_tokens / med["full_step"] / peak
+            result["mfu_student_fwd_bwd"] = 6 * n_params * n_tokens / med["student_forward_backward_ce"] / peak
+        else:
+            result["mfu_note"] = "unknown GPU peak: pass --peak-tflops"
+    print(f"{result['device']}; median of {args.repeats} alternated rounds")
+    for name, seconds in med.items():
+        print(f"  {name:<30}{seconds * 1000:>9.1f} ms")
+    print(f"  {'sum of the parts':<30}{limit * 1000:>9.1f} ms")
+    print(f"step_overhead_ratio = {result['step_overhead_ratio']:.2f}" +
+          (f"; MFU {100 * result['mfu']:.1f}% (student fwd+bwd alone {100 * result['mfu_student_fwd_bwd']:.1f}%)"
+           if "mfu" in result else ""))
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {out}")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

