@@ -82,13 +82,13 @@ def test_family_outputs_are_correct():
 
 
 def test_sequences_fit_the_toy_data_config():
-    # conf/data/toy.yaml: max_prompt_length 112, max_length 176 (response + EOS included).
+    # conf/data/toy.yaml: max_prompt_length 128, max_length 192 (response + EOS included).
     tok = toy.build_char_tokenizer()
     for records in toy.make_toy_splits(0).values():
         for rec in records:
             prompt = format_prompt(rec, template="compact")
-            assert len(tok(prompt)["input_ids"]) <= 112
-            assert len(tok(prompt + rec["output"])["input_ids"]) + 1 <= 176
+            assert len(tok(prompt)["input_ids"]) <= 128
+            assert len(tok(prompt + rec["output"])["input_ids"]) + 1 <= 192
 
 
 # --------------------------------------------------------------------------- tokenizer
