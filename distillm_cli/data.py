@@ -205,6 +205,12 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": batch, "attention_mask": attention, "labels": labels}
 
 
+def fixed_batches(examples: list[Example], size: int, pad_id: int, max_batches: int = 0) -> list[dict]:
+    """Consecutive batches of `size` (validation: the same batches every time); 0 = all of them."""
+    stop = len(examples) if not max_batches else min(len(examples), size * max_batches)
+    return [collate(examples[i:i + size], pad_id) for i in range(0, stop, size)]
+
+
 def left_pad(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-pad prompts for batched generation (new tokens then line up on the right)."""
     width = max(len(p) for p in prompts)

@@ -28,6 +28,7 @@ from ..data import (
     collate,
     encode_prompt,
     encode_split,
+    fixed_batches,
     read_generations,
     read_lm_blocks,
 )
@@ -99,8 +100,7 @@ def run(cfg) -> dict:
         if cfg.generations:
             train_items += read_generations(cfg.generations, tokenizer, cfg)
         valid_examples = encode_split(cfg, tokenizer, cfg.data.valid_split)
-    valid_batches = [collate(valid_examples[i:i + mb], pad)
-                     for i in range(0, min(len(valid_examples), mb * cfg.train.valid_batches), mb)]
+    valid_batches = fixed_batches(valid_examples, mb, pad, cfg.train.valid_batches)
 
     lm_stream = None
     if cfg.loss.lm_coef > 0:  # DistiLLM's language-modelling term on plain pre-training text

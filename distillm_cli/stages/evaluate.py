@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from ..data import collate, encode_prompt, encode_split, load_split, prompt_text, read_jsonl
+from ..data import encode_prompt, encode_split, fixed_batches, load_split, prompt_text, read_jsonl
 from ..engine import RunLog, forward_logits, prepare_run_dir, seed_everything, setup_runtime
 from ..errors import UserError
 from ..generation import generate
@@ -99,8 +99,7 @@ def run(cfg) -> dict:
                     teacher_cfg = OmegaConf.merge(cfg, {"student_dir": cfg.eval.teacher})
                     teacher = load_model(teacher_cfg, "student", tokenizer).to(runtime.device).eval()
                     valid = encode_split(cfg, tokenizer, cfg.data.valid_split)[: cfg.eval.kl_examples]
-                    valid_batches = [collate(valid[i:i + cfg.eval.batch_size], tokenizer.pad_token_id)
-                                     for i in range(0, len(valid), cfg.eval.batch_size)]
+                    valid_batches = fixed_batches(valid, cfg.eval.batch_size, tokenizer.pad_token_id)
                 results[name]["kl_to_teacher"] = kl_to_teacher(model, teacher, valid_batches, vocab_size(tokenizer),
                                                                 runtime.device)
             results[name]["seconds"] = time.perf_counter() - started

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import BatchStream, collate, encode_split
+from ..data import BatchStream, collate, encode_split, fixed_batches
 from ..engine import (
     RunLog,
     StepPlan,
@@ -41,8 +41,7 @@ def run(cfg) -> dict:
     train_examples = encode_split(cfg, tokenizer, split)
     valid_examples = encode_split(cfg, tokenizer, cfg.data.valid_split)
     mb = cfg.train.micro_batch_size
-    valid_batches = [collate(valid_examples[i:i + mb], pad)
-                     for i in range(0, min(len(valid_examples), mb * cfg.train.valid_batches), mb)]
+    valid_batches = fixed_batches(valid_examples, mb, pad, cfg.train.valid_batches)
 
     engine = build_engine(model, cfg, runtime)
     stream = BatchStream(train_examples, mb, cfg.seed, runtime.rank, runtime.world_size)
