@@ -12,9 +12,12 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from .toy import TASK_FAMILIES
+
 STAGE_NAMES = ("sft-teacher", "sft-student", "generate-student", "distill", "evaluate", "pipeline")
 LOSS_NAMES = ("fkl", "rkl", "skew_fkl", "skew_rkl", "jsd", "tvd", "distillm2")
 OFF_POLICY_MODES = ("none", "on_policy", "adaptive")
+TOY_TASK_NAMES = tuple(TASK_FAMILIES)
 SCHEDULES = ("decreasing", "constant", "increasing")
 
 
@@ -98,6 +101,8 @@ class DataConfig:
     """Instruction data: the built-in toy tasks, a hub dataset, or local jsonl files."""
 
     name: str = "toy"
+    # data=toy: which task families (distillm_cli/toy.py TASK_FAMILIES); empty: the default five.
+    toy_tasks: list[str] = field(default_factory=list)
     # jsonl: the training file; records with instruction/input/output (or prompt/response).
     path: str = ""
     valid_path: str = ""
@@ -242,6 +247,9 @@ def validate(cfg) -> None:
     need(cfg.loss.lm_coef >= 0, f"loss.lm_coef={cfg.loss.lm_coef} must be 0 or positive")
     need(cfg.loss.lm_coef == 0 or cfg.data.lm_path or cfg.stage != "distill",
          "loss.lm_coef > 0 adds CE on pre-training text: set data.lm_path to a .txt or jsonl ({\"text\": ...}) file")
+    unknown_tasks = sorted(set(cfg.data.toy_tasks) - set(TOY_TASK_NAMES))
+    need(not unknown_tasks, f"unknown toy task(s) {', '.join(unknown_tasks)}; choose data.toy_tasks from "
+         f"{', '.join(TOY_TASK_NAMES)}")
     need(cfg.loss.temperature > 0, f"loss.temperature={cfg.loss.temperature} must be positive")
     need(cfg.loss.chunk_size > 0, f"loss.chunk_size={cfg.loss.chunk_size} must be positive")
     need(cfg.off_policy.name in OFF_POLICY_MODES,

@@ -183,7 +183,12 @@ TASK_FAMILIES: dict[str, tuple[tuple[str, ...], object]] = {
     "last_word": (("What is the last word?", "Write the last word.",
                    "Give the last word."), _last_word),
 }
-DEFAULT_TASKS: tuple[str, ...] = tuple(TASK_FAMILIES)
+# The families the demo trains on: ones a 3-layer character model learns within the demo's
+# few minutes (measured: teacher 1200 steps x 32 -> EM 0.52 on these five, 0.35 on seven
+# copy-style families, 0.06 on all eleven after 450 steps). The rest stay available through
+# `data.toy_tasks=[...]` for harder variants.
+DEFAULT_TASKS: tuple[str, ...] = (
+    "reverse_words", "number_to_words", "every_second_word", "uppercase", "count_words")
 
 
 def _make_split(name: str, size: int, seed: int, seen: set[str], tasks) -> list[dict]:

@@ -50,8 +50,9 @@ def test_every_loss_runs_under_zero3_as_a_sweep(tmp_path):
 
 def test_adaptive_off_policy_trains_on_fresh_and_buffered_samples(tmp_path):
     run_dir = tmp_path / "adaptive"
-    # The command with the default micro-batch (16) and the toy's 128-sample buffer.
+    # The command with a micro-batch of 16 and the toy's 128-sample buffer.
     result = run_cli("distill", "off_policy=adaptive", "off_policy.phi0=1.0", "train.max_steps=20",
+                     "train.micro_batch_size=16",
                      "generation.max_new_tokens=16", "train.eval_interval=10", f"run_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_run_dir(run_dir, steps=20)
