@@ -162,7 +162,8 @@ def prepare_teacher(teacher, cfg, runtime: Runtime):
 
 
 # ------------------------------------------------------------------- run directory
-IGNORED_FOR_COMPARISON = ("run_dir", "resume", "overwrite")
+# Where and how a run executes, not what it computes.
+IGNORED_FOR_COMPARISON = ("run_dir", "resume", "overwrite", "threads")
 
 
 def prepare_run_dir(cfg, runtime: Runtime, *, allow_existing: bool = False) -> Path:
