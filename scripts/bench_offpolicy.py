@@ -10,6 +10,10 @@ student, evaluates each, and prints wall time ratios and scores side by side. Re
 may take up to half the maximum length, as in the paper (256 new tokens of 512).
 
     .venv/bin/python scripts/bench_offpolicy.py [--steps 60] [--out bench/offpolicy.json]
+        [--teacher-dir RUN/sft_teacher/checkpoint --student-dir RUN/sft_student/checkpoint]
+
+With --teacher-dir/--student-dir (e.g. a finished `distillm pipeline`'s), the SFT steps are
+skipped and the scores compare distillation from a trained pair.
 """
 from __future__ import annotations
 
@@ -41,23 +45,31 @@ def main() -> None:
     parser.add_argument("--eval-examples", type=int, default=150)
     parser.add_argument("--work", default="bench/offpolicy_runs")
     parser.add_argument("--out", default="bench/offpolicy.json")
+    parser.add_argument("--teacher-dir", default="", help="a trained teacher checkpoint (skips teacher SFT)")
+    parser.add_argument("--student-dir", default="", help="a trained student checkpoint (skips student SFT)")
+    parser.add_argument("--eval-interval", type=int, default=10, help="validation (and phi update) interval")
     args = parser.parse_args()
     work = ROOT / args.work
     # Paper proportion: prompts up to 96 tokens, responses up to 96 more (half of 192).
     lengths = ["data.max_prompt_length=96", "data.max_length=192", "generation.max_new_tokens=96",
                "eval.sampling.max_new_tokens=96"]
     common = [*lengths, "overwrite=true"]
-    teacher, student = work / "teacher", work / "student"
-    if not (teacher / "checkpoint").exists():
-        distillm("sft-teacher", f"train.max_steps={args.sft_steps * 2}", f"run_dir={teacher}", *common)
-    if not (student / "checkpoint").exists():
-        distillm("sft-student", f"train.max_steps={args.sft_steps // 2}", f"run_dir={student}", *common)
+    teacher_ckpt, student_ckpt = work / "teacher" / "checkpoint", work / "student" / "checkpoint"
+    if args.teacher_dir:
+        teacher_ckpt = Path(args.teacher_dir).resolve()
+    elif not teacher_ckpt.exists():
+        distillm("sft-teacher", f"train.max_steps={args.sft_steps * 2}", f"run_dir={teacher_ckpt.parent}", *common)
+    if args.student_dir:
+        student_ckpt = Path(args.student_dir).resolve()
+    elif not student_ckpt.exists():
+        distillm("sft-student", f"train.max_steps={args.sft_steps // 2}", f"run_dir={student_ckpt.parent}", *common)
 
     results = {}
     for mode, overrides in MODES.items():
         run_dir = work / mode
-        seconds = distillm("distill", *overrides, f"train.max_steps={args.steps}", "train.eval_interval=10",
-                           f"teacher_dir={teacher / 'checkpoint'}", f"student_dir={student / 'checkpoint'}",
+        seconds = distillm("distill", *overrides, f"train.max_steps={args.steps}",
+                           f"train.eval_interval={args.eval_interval}",
+                           f"teacher_dir={teacher_ckpt}", f"student_dir={student_ckpt}",
                            f"run_dir={run_dir}", *common)
         distillm("evaluate", f"+eval.models.{mode}={run_dir / 'checkpoint'}", f"eval.max_examples={args.eval_examples}",
                  f"run_dir={work / ('eval_' + mode)}", *common)
@@ -73,7 +85,7 @@ def main() -> None:
         r["speedup_vs_on_policy"] = on_policy / r["train_seconds"]
         print(f"{mode:<10}{r['train_seconds']:>9.1f}{r['speedup_vs_on_policy']:>13.2f}x{r['rouge_l']:>9.2f}"
               f"{r['exact_match']:>7.1f}  {r['source_counts']}")
-    payload = {"steps": args.steps, "modes": results,
+    payload = {"steps": args.steps, "teacher": str(teacher_ckpt), "student": str(student_ckpt), "modes": results,
                "offpolicy_speedup": results["adaptive"]["speedup_vs_on_policy"]}
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)

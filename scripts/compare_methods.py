@@ -9,7 +9,11 @@ For every seed this runs, through the `distillm` CLI:
 3. ``distillm pipeline experiment=distillm2``: DistiLLM-2 (curated teacher/student pairs,
    contrastive loss with the beta/alpha curricula) from the same teacher and SFT student.
 
-Steps 2 and 3 start from copies of step 1's finished stages, so every method distils the
+4. a control: the SFT-only student trained for as many more steps as distillation takes
+   (``distillm sft-student student_dir=<SFT student>`` with the distill stage's steps and
+   learning rate, on the same labels), so that a gain cannot be put down to extra steps.
+
+Steps 2 to 4 start from copies of step 1's finished stages, so every method distils the
 same teacher into the same SFT student and only the distillation differs. Runs that already
 finished are skipped (``resume=auto``), so an interrupted comparison picks up where it
 stopped. The table (ROUGE-L and exact match on the toy test split, mean ± std over seeds,
@@ -52,6 +56,29 @@ def run_pipeline(run_dir: Path, seed: int, overrides: list[str], extra: list[str
     return {"models": evaluate["models"], "distill_seconds": distill.get("train_seconds", 0.0)}
 
 
+def run_control(seed_dir: Path, seed: int, extra: list[str]) -> dict:
+    """The SFT-only student trained on its labels for the distill stage's steps; then evaluated."""
+    distillm = str(Path(sys.executable).with_name("distillm"))
+    distill_train = _load_yaml(seed_dir / "base" / "distill" / "config.yaml")["train"]
+    control = seed_dir / "sft_more"
+    if not (control / "summary.json").exists():
+        subprocess.run([distillm, "sft-student", f"run_dir={control}", f"seed={seed}", "overwrite=true",
+                        f"student_dir={seed_dir / 'base' / 'sft_student' / 'checkpoint'}",
+                        f"train.max_steps={distill_train['max_steps']}", f"train.lr={distill_train['lr']}",
+                        f"train.micro_batch_size={distill_train['micro_batch_size']}", *extra], check=True)
+    scored = seed_dir / "sft_more_eval"
+    if not (scored / "summary.json").exists():
+        subprocess.run([distillm, "evaluate", f"run_dir={scored}", f"seed={seed}", "overwrite=true",
+                        f"+eval.models.control={control / 'checkpoint'}", *extra], check=True)
+    return json.loads((scored / "summary.json").read_text())["models"]["control"]
+
+
+def _load_yaml(path: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -86,6 +113,7 @@ def main() -> None:
                 record("teacher", result["models"]["teacher"], None)
                 record("SFT-only student", result["models"]["sft_student"], None)
             record(method, result["models"]["distilled"], result["distill_seconds"])
+        record("control: SFT-only + as many more SFT steps", run_control(root / f"seed{seed}", seed, args.extra), None)
 
     table, summary = [], {}
     for name, metrics in rows.items():

@@ -62,11 +62,15 @@ def run(cfg) -> dict:
                           overrides=[*user, f"stage={stage.replace('-', '_')}", f"run_dir={sub_dir}", *extra])
         if cfg.resume == "auto" and (sub_dir / "summary.json").exists():
             summaries[stage] = json.loads((sub_dir / "summary.json").read_text())
-            seconds[stage] = summaries[stage].get("wall_seconds", 0.0)
+            seconds[stage] = None  # finished by an earlier run: no time spent now
             continue
         started = time.perf_counter()
         summaries[stage] = STAGES[stage](sub_cfg)
         seconds[stage] = time.perf_counter() - started
+
+    def took(*stages: str) -> str:
+        spent = [seconds[stage] for stage in stages if seconds[stage] is not None]
+        return f"{sum(spent):.0f}s" if spent else "earlier run"
 
     scores = summaries["evaluate"]["models"]
     stage_of = {"teacher": "sft-teacher", "sft_student": "sft-student", "distilled": "distill"}
@@ -74,8 +78,8 @@ def run(cfg) -> dict:
     for name in ("teacher", "sft_student", "distilled"):
         s = scores[name]
         rows.append([name, f"{s['rouge_l']['mean']:.2f}", f"{s['exact_match']['mean']:.1f}",
-                     f"{seconds[stage_of[name]]:.0f}s"])
-    rows.append(["(generate + evaluate)", "", "", f"{seconds['generate-student'] + seconds['evaluate']:.0f}s"])
+                     took(stage_of[name])])
+    rows.append(["(generate + evaluate)", "", "", took("generate-student", "evaluate")])
     print_table("distillm pipeline", ["model", "ROUGE-L", "exact match %", "stage time"], rows)
     summary = {"stage": "pipeline", "stage_seconds": seconds, "scores": {
         name: {"rouge_l": scores[name]["rouge_l"]["mean"], "exact_match": scores[name]["exact_match"]["mean"]}
