@@ -85,19 +85,13 @@ def accelerator() -> str:
 
 
 def device_name(threads: int) -> str:
+    """The machine as bench_vs_trl.py names it; the CUDA suite runs in bf16."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name()}, bf16"
-    model = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model}, {threads} threads"
+    sys.path.insert(0, str(SCRIPTS))
+    from bench_vs_trl import device_name as machine
+
+    return machine(threads) + (", bf16" if torch.cuda.is_available() else "")
 
 
 def git_revision() -> str | None:
