@@ -414,6 +414,23 @@ def forward_logits(model, batch: dict, device: torch.device, vocab: int) -> torc
     return out.logits[..., :vocab]
 
 
+def response_logits(model, batch: dict, device: torch.device, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [1, N, V] at the N positions the loss counts (labels != -100), and their labels [1, N].
+
+    The output head runs on those positions alone (transformers' ``logits_to_keep`` with a
+    boolean mask), so prompt and padding positions never cost a row of V logits: at vocab
+    50k the head is most of a small model's forward, and a prompt is often half the tokens.
+    Every loss only reads kept positions, so the result is the same as slicing full logits.
+    """
+    labels = batch["labels"].to(device)
+    keep = labels != -100
+    if not bool(keep.any()):  # nothing to score: the losses return 0 for an all-masked batch
+        return forward_logits(model, batch, device, vocab), labels
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                logits_to_keep=keep)
+    return out.logits[..., :vocab].reshape(1, -1, min(vocab, out.logits.shape[-1])), labels[keep].unsqueeze(0)
+
+
 @torch.no_grad()
 def mean_over_batches(loss_sum_fn: Callable[[dict], tuple[float, float]], batches: list[dict],
                       runtime: Runtime) -> float:

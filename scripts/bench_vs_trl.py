@@ -156,7 +156,7 @@ def distill_micro_loss(cfg, teacher, engine, runtime):
     """The distill stage's micro-step for a divergence loss (stages/distill.py, micro_loss)."""
     import torch
 
-    from distillm_cli.engine import forward_logits
+    from distillm_cli.engine import response_logits
     from distillm_cli.losses import kd_objective
 
     loss_params = {"loss": cfg.loss.name, "kd_ratio": cfg.loss.kd_ratio, "alpha": cfg.loss.alpha,
@@ -165,10 +165,9 @@ def distill_micro_loss(cfg, teacher, engine, runtime):
 
     def micro_loss(batch: dict, normalizer: float):
         with torch.no_grad():
-            teacher_logits = forward_logits(teacher, batch, runtime.device, VOCAB)  # [B, T, V]
-        student_logits = forward_logits(engine, batch, runtime.device, VOCAB)  # [B, T, V]
-        return kd_objective(student_logits, teacher_logits, batch["labels"].to(runtime.device),
-                            normalizer=normalizer, **loss_params)
+            teacher_logits, labels = response_logits(teacher, batch, runtime.device, VOCAB)  # [1, N, V]
+        student_logits, _ = response_logits(engine, batch, runtime.device, VOCAB)  # [1, N, V]
+        return kd_objective(student_logits, teacher_logits, labels, normalizer=normalizer, **loss_params)
 
     return micro_loss
 

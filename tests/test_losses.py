@@ -597,3 +597,66 @@ def test_losses_refuse_bad_inputs():
         LOSSES["fkl"](s, t[..., :5], mask)
     with pytest.raises(ValueError, match="reduction"):
         LOSSES["fkl"](s, t, mask, reduction="none")
+
+
+# --------------------------------------------------------------------------- response-only logits
+
+def _tiny_causal_lms():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=53, n_positions=32, n_embd=16, n_layer=2, n_head=2, bos_token_id=0,
+                                      eos_token_id=0))
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=53, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                                         bos_token_id=0, eos_token_id=0))
+    return [gpt2.double().eval(), llama.double().eval()]  # eval: no dropout, so two passes agree
+
+
+def _padded_batch():
+    """Right-padded batch, prompts of different lengths, labels -100 on prompt and padding."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 50, (3, 12), generator=g)
+    attention = torch.ones(3, 12, dtype=torch.long)
+    attention[1, 9:] = 0
+    attention[2, 6:] = 0
+    labels = ids.clone()
+    labels[0, :4], labels[1, :7], labels[2, :2] = -100, -100, -100
+    labels[attention == 0] = -100
+    return {"input_ids": ids, "attention_mask": attention, "labels": labels}
+
+
+@pytest.mark.parametrize("loss", ["skew_rkl", "jsd"])
+def test_response_logits_give_the_same_objective_and_gradient(loss):
+    from distillm_cli.engine import forward_logits, response_logits
+
+    student, teacher = _tiny_causal_lms()
+    batch = _padded_batch()
+
+    def objective(logits_fn):
+        student.zero_grad()
+        with torch.no_grad():
+            t_logits, labels = logits_fn(teacher, batch, torch.device("cpu"), 50)
+        s_logits, _ = logits_fn(student, batch, torch.device("cpu"), 50)
+        value, _ = kd_objective(s_logits, t_logits, labels, loss=loss, kd_ratio=0.7, normalizer=5.0)
+        value.backward()
+        return value.detach(), [p.grad.clone() for p in student.parameters()]
+
+    full_value, full_grads = objective(lambda m, b, d, v: (forward_logits(m, b, d, v), b["labels"]))
+    kept_value, kept_grads = objective(response_logits)
+    assert torch.allclose(full_value, kept_value, rtol=1e-10)
+    for a, b in zip(full_grads, kept_grads):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
+    logits, labels = response_logits(student, batch, torch.device("cpu"), 50)
+    assert logits.shape == (1, int((batch["labels"] != -100).sum()), 50) and labels.shape == logits.shape[:2]
+
+
+def test_response_logits_of_an_all_masked_batch_count_nothing():
+    from distillm_cli.engine import response_logits
+
+    student, teacher = _tiny_causal_lms()
+    batch = {**_padded_batch(), "labels": torch.full((3, 12), -100)}
+    s_logits, labels = response_logits(student, batch, torch.device("cpu"), 50)
+    t_logits, _ = response_logits(teacher, batch, torch.device("cpu"), 50)
+    value, stats = kd_objective(s_logits, t_logits, labels, loss="fkl", normalizer=1.0)
+    assert float(value) == 0.0 and stats["tokens"] == 0.0

@@ -68,17 +68,16 @@ def test_family_outputs_are_correct():
     assert toy.number_to_words(40) == "forty"
     assert toy.number_to_words(347) == "three hundred forty-seven"
     assert toy.number_to_words(9005) == "nine thousand five"
+    expected = {
+        "reverse_words": lambda text: " ".join(reversed(text.split())),
+        "every_second_word": lambda text: " ".join(text.split()[0::2]),
+        "uppercase": lambda text: text.upper(),
+        "count_words": lambda text: str(len(text.split())),
+        "number_to_words": lambda text: toy.number_to_words(int(text)),
+    }
     for rec in toy.make_toy_splits(2, SMALL)["valid"]:
-        words = rec["input"].split()
-        expected = {
-            "reverse_words": lambda: " ".join(reversed(words)),
-            "every_second_word": lambda: " ".join(words[0::2]),
-            "uppercase": lambda: rec["input"].upper(),
-            "count_words": lambda: str(len(words)),
-            "number_to_words": lambda: toy.number_to_words(int(rec["input"])),
-        }.get(rec["task"])
-        if expected is not None:
-            assert rec["output"] == expected()
+        if rec["task"] in expected:
+            assert rec["output"] == expected[rec["task"]](rec["input"])
 
 
 def test_sequences_fit_the_toy_data_config():
@@ -97,7 +96,8 @@ ALL_CHARS = "".join(toy.CHAR_VOCAB)
 
 
 def _check_exact(tok):
-    for text in [ALL_CHARS, "  two  spaces\n\n### Response:\nX", string.printable.replace("\t", "").replace("\r", "").replace("\x0b", "").replace("\x0c", "")]:
+    printable = "".join(c for c in string.printable if c not in "\t\r\x0b\x0c")
+    for text in [ALL_CHARS, "  two  spaces\n\n### Response:\nX", printable]:
         ids = tok(text)["input_ids"]
         assert len(ids) == len(text)  # one token per character, nothing added
         assert tok.decode(ids) == text

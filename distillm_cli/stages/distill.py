@@ -40,6 +40,7 @@ from ..engine import (
     mean_over_batches,
     prepare_run_dir,
     prepare_teacher,
+    response_logits,
     save_model,
     seed_everything,
     setup_runtime,
@@ -188,8 +189,8 @@ def run(cfg) -> dict:
     def lm_term(stats: dict) -> torch.Tensor:
         """lm_coef * token-mean CE on one batch of pre-training text, an equal share of the window."""
         batch = collate(lm_stream.next(), pad)
-        logits = forward_logits(engine, batch, runtime.device, vocab)
-        ce, lm_stats = kd_objective(logits, None, batch["labels"].to(runtime.device), loss="fkl", kd_ratio=0.0,
+        logits, labels = response_logits(engine, batch, runtime.device, vocab)
+        ce, lm_stats = kd_objective(logits, None, labels, loss="fkl", kd_ratio=0.0,
                                     chunk_size=cfg.loss.chunk_size)
         stats["lm_ce_sum"] = float(ce.detach()) * stats["tokens"]  # logged per response token like kd/ce
         return cfg.loss.lm_coef * ce / cfg.train.grad_accum
@@ -198,20 +199,18 @@ def run(cfg) -> dict:
         if contrastive:
             return contrastive_loss(batch, normalizer)
         with torch.no_grad():
-            teacher_logits = forward_logits(teacher, batch, runtime.device, vocab)  # [B, T, V]
-        student_logits = forward_logits(engine, batch, runtime.device, vocab)  # [B, T, V]
-        loss, stats = kd_objective(student_logits, teacher_logits, batch["labels"].to(runtime.device),
-                                   normalizer=normalizer, **loss_params)
+            teacher_logits, labels = response_logits(teacher, batch, runtime.device, vocab)  # [1, N, V]
+        student_logits, _ = response_logits(engine, batch, runtime.device, vocab)  # [1, N, V]
+        loss, stats = kd_objective(student_logits, teacher_logits, labels, normalizer=normalizer, **loss_params)
         if lm_stream is not None:
             loss = loss + lm_term(stats)
         return loss, stats
 
     def objective_sum(batch: dict):
-        teacher_logits = forward_logits(teacher, batch, runtime.device, vocab)
-        student_logits = forward_logits(engine, batch, runtime.device, vocab)
-        loss, stats = kd_objective(student_logits, teacher_logits, batch["labels"].to(runtime.device),
-                                   normalizer=1.0, **{**loss_params, "loss": "skew_fkl" if contrastive else
-                                                      cfg.loss.name})
+        teacher_logits, labels = response_logits(teacher, batch, runtime.device, vocab)
+        student_logits, _ = response_logits(engine, batch, runtime.device, vocab)
+        validation_params = {**loss_params, "loss": "skew_fkl" if contrastive else cfg.loss.name}
+        loss, stats = kd_objective(student_logits, teacher_logits, labels, normalizer=1.0, **validation_params)
         return float(loss), stats["tokens"]
 
     def validation_loss() -> float:

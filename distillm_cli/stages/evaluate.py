@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..data import encode_prompt, encode_split, fixed_batches, load_split, prompt_text, read_jsonl
-from ..engine import RunLog, forward_logits, prepare_run_dir, seed_everything, setup_runtime
+from ..engine import RunLog, prepare_run_dir, response_logits, seed_everything, setup_runtime
 from ..errors import UserError
 from ..generation import generate
 from ..losses import kd_objective
@@ -51,9 +51,9 @@ def kl_to_teacher(model, teacher, batches: list[dict], vocab: int, device) -> fl
     """Token-mean KL(teacher || model) over validation responses."""
     total, tokens = 0.0, 0.0
     for batch in batches:
-        student_logits = forward_logits(model, batch, device, vocab)
-        teacher_logits = forward_logits(teacher, batch, device, vocab)
-        _, stats = kd_objective(student_logits, teacher_logits, batch["labels"].to(device), loss="fkl", normalizer=1.0)
+        student_logits, labels = response_logits(model, batch, device, vocab)
+        teacher_logits, _ = response_logits(teacher, batch, device, vocab)
+        _, stats = kd_objective(student_logits, teacher_logits, labels, loss="fkl", normalizer=1.0)
         total, tokens = total + stats["kd_sum"], tokens + stats["tokens"]
     return total / max(tokens, 1.0)
 

@@ -14,9 +14,9 @@ from ..engine import (
     RunLog,
     StepPlan,
     build_engine,
-    forward_logits,
     mean_over_batches,
     prepare_run_dir,
+    response_logits,
     save_model,
     seed_everything,
     setup_runtime,
@@ -51,13 +51,13 @@ def run(cfg) -> dict:
         return StepPlan(batches, {"phi": 0.0, "data_source": "dataset", "buffer_size": 0})
 
     def micro_loss(batch: dict, normalizer: float):
-        logits = forward_logits(engine, batch, runtime.device, vocab)  # [B, T, V]
-        return kd_objective(logits, None, batch["labels"].to(runtime.device), loss="fkl", kd_ratio=0.0,
+        logits, labels = response_logits(engine, batch, runtime.device, vocab)  # [1, N, V]: response positions
+        return kd_objective(logits, None, labels, loss="fkl", kd_ratio=0.0,
                             normalizer=normalizer, chunk_size=cfg.loss.chunk_size)
 
     def ce_sum(batch: dict):
-        logits = forward_logits(engine, batch, runtime.device, vocab)
-        _, stats = kd_objective(logits, None, batch["labels"].to(runtime.device), loss="fkl", kd_ratio=0.0,
+        logits, labels = response_logits(engine, batch, runtime.device, vocab)
+        _, stats = kd_objective(logits, None, labels, loss="fkl", kd_ratio=0.0,
                                 normalizer=1.0, chunk_size=cfg.loss.chunk_size)
         return stats["ce_sum"], stats["tokens"]
 
