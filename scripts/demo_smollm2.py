@@ -6,11 +6,15 @@ Every step is one of the tool's own stages (`python -m distillm_cli.cli STAGE ..
                 build the student from 6 of its 30 layers (0-2 and 27-29)  (python -m distillm_cli.smollm2)
   1. teacher    generate-student generate=teacher: greedy answers to the train, valid and
                 test prompts of data=smollm2 (the labels of everything below)
-  2. seqkd      sft-student on the teacher's train answers (SeqKD, cross-entropy)
-  3. distill    distill loss=skew_rkl off_policy=adaptive on the same answers, same steps
-  4. evaluate   ROUGE-L of greedy answers against the teacher's answers on the 60 held-out
+  2. seqkd      sft-student on the teacher's train answers (SeqKD, cross-entropy); this is
+                also the initial student of distillation, as in DistiLLM's pipeline
+  3. distill    distill loss=skew_rkl off_policy=adaptive from the SeqKD student, on the
+                same answers, --steps more steps at --distill-lr
+  4. control    sft-student from the SeqKD student, the same extra steps at the same lr:
+                what those steps give without the teacher's distributions
+  5. evaluate   ROUGE-L of greedy answers against the teacher's answers on the 60 held-out
                 test prompts, and KL(teacher || model) on the validation answers, for the
-                student before training, the SeqKD student and the distilled student
+                student before training, SeqKD, SeqKD + more steps and the distilled student
 
 It ends with a table, a few answers side by side, and <run-dir>/report.md. A stage whose
 summary.json already exists is reused (delete the run dir, or pass --fresh, to redo it).
@@ -73,13 +77,17 @@ def main() -> None:
     parser.add_argument("--student", default=STUDENT, help="student preset (smollm2-student-<layers> or -random-<n>)")
     parser.add_argument("--steps", type=int, default=40, help="training steps of SeqKD and of distill (each)")
     parser.add_argument("--micro-batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="SeqKD learning rate")
+    parser.add_argument("--distill-lr", type=float, default=2e-4,
+                        help="learning rate of distill and of the control (both start from the SeqKD student)")
     parser.add_argument("--gen-tokens", type=int, default=48, help="max new tokens: teacher, samples, evaluation")
     parser.add_argument("--train-prompts", type=int, default=160,
                         help="the teacher answers (students train on) this many of the 324 train prompts; 0: all")
     parser.add_argument("--eval-interval", type=int, default=20, help="validation (adaptive phi) every N steps")
     parser.add_argument("--samples", type=int, default=4, help="answers shown side by side")
     parser.add_argument("--fresh", action="store_true", help="delete the run dir first")
+    parser.add_argument("--distill-args", nargs="*", default=[],
+                        help="extra overrides for the distill stage, e.g. loss.alpha=0.2 off_policy.phi0=0.1")
     args = parser.parse_args()
 
     root = (ROOT / args.run_dir).resolve()
@@ -110,18 +118,22 @@ def main() -> None:
                                f"generate.split={split}", *greedy, *limit) / "generations.jsonl"
     data = [f"data.path={teacher['train']}", f"data.valid_path={teacher['valid']}",
             f"data.test_path={teacher['test']}"]
-    train = [f"train.max_steps={args.steps}", f"train.micro_batch_size={args.micro_batch}", f"train.lr={args.lr}",
+    train = [f"train.max_steps={args.steps}", f"train.micro_batch_size={args.micro_batch}",
              f"train.eval_interval={args.eval_interval}", "train.valid_batches=2", "train.warmup_steps=0"]
 
     # 2. SeqKD: cross-entropy on the teacher's answers
-    seqkd = stage("seqkd", root, timings, "sft-student", *model, *data, *train, f"student_dir={student_dir}")
+    seqkd = stage("seqkd", root, timings, "sft-student", *model, *data, *train, f"train.lr={args.lr}",
+                  f"student_dir={student_dir}")
     # 3. DistiLLM: skew reverse KL on the teacher's token distributions + adaptive off-policy samples
-    distill = stage("distill", root, timings, "distill", *model, *data, *train, f"student_dir={student_dir}",
+    warm = [f"student_dir={seqkd / 'checkpoint'}", f"train.lr={args.distill_lr}"]
+    distill = stage("distill", root, timings, "distill", *model, *data, *train, *warm,
                     f"teacher_dir={teacher_dir}", "loss=skew_rkl", "off_policy=adaptive",
-                    "generation=sample", f"generation.max_new_tokens={args.gen_tokens}")
-    # 4. evaluation against the teacher's answers on held-out prompts
+                    "generation=sample", f"generation.max_new_tokens={args.gen_tokens}", *args.distill_args)
+    # 4. control: the same extra steps on the same answers, cross-entropy only
+    control = stage("seqkd_more", root, timings, "sft-student", *model, *data, *train, *warm)
+    # 5. evaluation against the teacher's answers on held-out prompts
     models = {"student_before": student_dir, "seqkd": str(seqkd / "checkpoint"),
-              "distilled": str(distill / "checkpoint")}
+              "seqkd_more": str(control / "checkpoint"), "distilled": str(distill / "checkpoint")}
     evaluate = stage("evaluate", root, timings, "evaluate", *model, *data, "eval=default",
                      f"eval.sampling.max_new_tokens={args.gen_tokens}", f"eval.teacher={teacher_dir}",
                      *[f"+eval.models.{k}={v}" for k, v in models.items()])
@@ -133,15 +145,17 @@ def main() -> None:
     rows = []
     for name in models:
         s = scores[name]
-        seconds = {"seqkd": timings.get("seqkd"), "distilled": timings.get("distill")}.get(name)
+        seconds = {"seqkd": timings.get("seqkd"), "seqkd_more": timings.get("seqkd_more"),
+                   "distilled": timings.get("distill")}.get(name)
         rows.append([name, f"{s['rouge_l']['mean']:.2f}", f"{s['exact_match']['mean']:.1f}",
                      f"{s.get('kl_to_teacher', float('nan')):.3f}", f"{seconds:.0f}" if seconds else "–"])
     n_test = len(teacher["test"].read_text().splitlines())
     header = ["student", f"ROUGE-L vs teacher ({n_test} test prompts)", "exact match %",
               "KL(teacher‖student), valid", "train s"]
     lines = [f"# distillm: SmolLM2-135M-Instruct -> {args.student}", "",
-             f"{args.steps} steps × {args.micro_batch} sequences each for SeqKD and distill, lr {args.lr}, "
-             f"greedy answers of at most {args.gen_tokens} new tokens.", "",
+             f"SeqKD: {args.steps} steps × {args.micro_batch} sequences at lr {args.lr}. From it, {args.steps} "
+             f"more steps at lr {args.distill_lr} of distill (skew RKL + adaptive off-policy) or of SFT (control, "
+             f"seqkd_more). Greedy answers of at most {args.gen_tokens} new tokens.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     sources = trained["distilled"].get("source_counts", {})
@@ -167,6 +181,7 @@ def main() -> None:
     (root / "report.md").write_text(report + "\n")
     (root / "summary.json").write_text(json.dumps({
         "student": args.student, "steps": args.steps, "micro_batch": args.micro_batch, "lr": args.lr,
+        "distill_lr": args.distill_lr,
         "gen_tokens": args.gen_tokens, "timings": timings, "wall_seconds": wall,
         "scores": {name: {"rouge_l": scores[name]["rouge_l"]["mean"],
                           "exact_match": scores[name]["exact_match"]["mean"],
