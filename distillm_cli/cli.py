@@ -171,7 +171,15 @@ def hydra_entry(cfg: DictConfig) -> None:
         report_and_exit(str(error))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None):
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `distillm --help | head`: the reader left; no traceback for that
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+def _main(argv: list[str] | None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print_help()

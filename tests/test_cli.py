@@ -76,3 +76,18 @@ def test_bad_input_gets_one_clear_line(args, expected):
     assert lines[0].startswith("distillm: error: ")
     assert expected in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_help_piped_into_a_closed_reader_prints_no_traceback():
+    # `distillm --help | head -1`: the reader closes the pipe after one line.
+    import os
+    import subprocess
+    import sys
+
+    reader = subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    writer = subprocess.run([sys.executable, "-m", "distillm_cli.cli", "--help"], stdout=reader.stdin,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            timeout=120)
+    reader.stdin.close()
+    reader.wait(timeout=60)
+    assert "Traceback" not in writer.stderr
