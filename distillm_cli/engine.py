@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from .data import IGNORE
 from .errors import UserError
 from .loggers import make_logger
 from .ui import progress_bar
@@ -423,12 +424,12 @@ def response_logits(model, batch: dict, device: torch.device, vocab: int) -> tup
     Every loss only reads kept positions, so the result is the same as slicing full logits.
     """
     labels = batch["labels"].to(device)
-    keep = labels != -100
+    keep = labels != IGNORE
     if not bool(keep.any()):  # nothing to score: the losses return 0 for an all-masked batch
         return forward_logits(model, batch, device, vocab), labels
     out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                logits_to_keep=keep)
-    return out.logits[..., :vocab].reshape(1, -1, min(vocab, out.logits.shape[-1])), labels[keep].unsqueeze(0)
+                logits_to_keep=keep)  # a boolean mask gives [N, V] rows, flattened over the batch
+    return out.logits[..., :vocab].unsqueeze(0), labels[keep].unsqueeze(0)
 
 
 @torch.no_grad()
