@@ -103,6 +103,9 @@ class DataConfig:
     name: str = "toy"
     # data=toy: which task families (distillm_cli/toy.py TASK_FAMILIES); empty: the default five.
     toy_tasks: list[str] = field(default_factory=list)
+    # data=toy: multiplies the word counts of the word-list tasks; 3 makes answers ~3x longer
+    # (scripts/bench_offpolicy.py uses it so that sampling takes the paper's share of a step).
+    toy_length: int = 1
     # jsonl: the training file; records with instruction/input/output (or prompt/response).
     path: str = ""
     valid_path: str = ""
@@ -250,6 +253,7 @@ def validate(cfg) -> None:
     unknown_tasks = sorted(set(cfg.data.toy_tasks) - set(TOY_TASK_NAMES))
     need(not unknown_tasks, f"unknown toy task(s) {', '.join(unknown_tasks)}; choose data.toy_tasks from "
          f"{', '.join(TOY_TASK_NAMES)}")
+    need(cfg.data.toy_length >= 1, f"data.toy_length={cfg.data.toy_length} must be 1 or more")
     need(cfg.loss.temperature > 0, f"loss.temperature={cfg.loss.temperature} must be positive")
     need(cfg.loss.chunk_size > 0, f"loss.chunk_size={cfg.loss.chunk_size} must be positive")
     need(cfg.off_policy.name in OFF_POLICY_MODES,

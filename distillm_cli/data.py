@@ -85,7 +85,7 @@ def load_split(cfg, split: str, *, need_responses: bool = True) -> list[dict]:
     if data.name == "toy":
         from .toy import make_toy_splits
 
-        splits = make_toy_splits(seed=0, tasks=tuple(data.toy_tasks) or None)
+        splits = make_toy_splits(seed=0, tasks=tuple(data.toy_tasks) or None, length=data.toy_length)
         if split not in splits:
             raise UserError(f"the toy data has no split '{split}'; choose one of {', '.join(splits)}")
         records = splits[split]

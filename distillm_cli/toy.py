@@ -83,27 +83,28 @@ def number_to_words(n: int) -> str:
     return _ONES[thousands] + " thousand" + (" " + number_to_words(rest) if rest else "")
 
 
-def _words(rng: random.Random, lo: int, hi: int) -> list[str]:
-    return [rng.choice(WORDS) for _ in range(rng.randint(lo, hi))]
+def _words(rng: random.Random, lo: int, hi: int, length: int = 1) -> list[str]:
+    """Between lo and hi words, both scaled by `length` (data.toy_length: longer inputs and answers)."""
+    return [rng.choice(WORDS) for _ in range(rng.randint(lo * length, hi * length))]
 
 
-def _reverse_words(rng):
-    words = _words(rng, 2, 5)
+def _reverse_words(rng, length=1):
+    words = _words(rng, 2, 5, length)
     return " ".join(words), " ".join(reversed(words))
 
 
-def _every_second(rng):
-    words = _words(rng, 3, 6)
+def _every_second(rng, length=1):
+    words = _words(rng, 3, 6, length)
     return " ".join(words), " ".join(words[0::2])
 
 
-def _uppercase(rng):
-    text = " ".join(_words(rng, 2, 4))
+def _uppercase(rng, length=1):
+    text = " ".join(_words(rng, 2, 4, length))
     return text, text.upper()
 
 
-def _count_words(rng):
-    words = _words(rng, 1, 8)
+def _count_words(rng, length=1):
+    words = _words(rng, 1, 8, length)
     return " ".join(words), str(len(words))
 
 
@@ -111,12 +112,12 @@ def _number(rng):
     return rng.randrange(10000) if rng.random() < 0.5 else rng.randrange(1000)
 
 
-def _number_to_words(rng):
+def _number_to_words(rng, length=1):  # noqa: ARG001 - numbers keep their size
     n = _number(rng)
     return str(n), number_to_words(n)
 
 
-def _words_to_number(rng):
+def _words_to_number(rng, length=1):  # noqa: ARG001 - numbers keep their size
     n = _number(rng)
     return number_to_words(n), str(n)
 
@@ -133,28 +134,28 @@ def to_roman(n: int) -> str:
     return out
 
 
-def _roman(rng):
+def _roman(rng, length=1):  # noqa: ARG001 - numbers keep their size
     n = rng.randint(1, 3999) if rng.random() < 0.5 else rng.randint(1, 399)
     return str(n), to_roman(n)
 
 
-def _count_letters(rng):
+def _count_letters(rng, length=1):  # noqa: ARG001 - numbers keep their size
     word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, 9)))
     return word, str(len(word))
 
 
-def _max_digit(rng):
+def _max_digit(rng, length=1):  # noqa: ARG001 - numbers keep their size
     digits = [str(rng.randrange(10)) for _ in range(rng.randint(2, 6))]
     return " ".join(digits), max(digits)
 
 
-def _first_word(rng):
-    words = _words(rng, 2, 5)
+def _first_word(rng, length=1):
+    words = _words(rng, 2, 5, length)
     return " ".join(words), words[0]
 
 
-def _last_word(rng):
-    words = _words(rng, 2, 5)
+def _last_word(rng, length=1):
+    words = _words(rng, 2, 5, length)
     return " ".join(words), words[-1]
 
 
@@ -191,7 +192,7 @@ DEFAULT_TASKS: tuple[str, ...] = (
     "reverse_words", "number_to_words", "every_second_word", "uppercase", "count_words")
 
 
-def _make_split(name: str, size: int, seed: int, seen: set[str], tasks) -> list[dict]:
+def _make_split(name: str, size: int, seed: int, seen: set[str], tasks, length: int) -> list[dict]:
     """`size` records, families balanced (round robin) and shuffled; inputs unique in `seen`."""
     rng = random.Random(f"distillm-toy/{seed}/{name}")
     families = list(tasks)
@@ -200,7 +201,7 @@ def _make_split(name: str, size: int, seed: int, seen: set[str], tasks) -> list[
         task = families[i % len(families)]
         phrasings, generate = TASK_FAMILIES[task]
         for _ in range(10000):
-            text, output = generate(rng)
+            text, output = generate(rng, length)
             if text not in seen:
                 break
         else:  # pragma: no cover - only with absurd split sizes
@@ -214,14 +215,18 @@ def _make_split(name: str, size: int, seed: int, seen: set[str], tasks) -> list[
 
 
 def make_toy_splits(
-    seed: int, sizes: dict[str, int] | None = None, tasks: tuple[str, ...] | None = None
+    seed: int, sizes: dict[str, int] | None = None, tasks: tuple[str, ...] | None = None, length: int = 1
 ) -> dict[str, list[dict]]:
     """Deterministic toy splits ``teacher_train, train, unlabelled, valid, test``.
 
     ``sizes`` overrides entries of ``DEFAULT_SPLIT_SIZES`` (unknown names are an
     error). Records are ``{"instruction", "input", "output", "task"}``; the
     ``unlabelled`` split keeps its reference ``output`` for analysis only.
+    ``length`` multiplies the word counts of the word-list tasks (3: answers of
+    up to ~90 characters instead of ~30), for runs where response length matters.
     """
+    if length < 1:
+        raise ValueError(f"toy length must be >= 1, got {length}")
     merged = dict(DEFAULT_SPLIT_SIZES)
     for key, value in (sizes or {}).items():
         if key not in merged:
@@ -230,7 +235,8 @@ def make_toy_splits(
             raise ValueError(f"toy split {key!r} needs a size >= 0, got {value}")
         merged[key] = int(value)
     seen: set[str] = set()
-    splits = {name: _make_split(name, merged[name], seed, seen, tasks or DEFAULT_TASKS) for name in DEFAULT_SPLIT_SIZES}
+    splits = {name: _make_split(name, merged[name], seed, seen, tasks or DEFAULT_TASKS, length)
+              for name in DEFAULT_SPLIT_SIZES}
     return {name: splits[name] for name in ("teacher_train", "train", "unlabelled", "valid", "test")}
 
 

@@ -50,6 +50,7 @@ def save_model(path, tokenizer, nan: bool = False):
      "have no response"),
     ("model path that does not exist", lambda d: [f"teacher_dir={d / 'nothing'}"], "does not exist"),
     ("model path without a model", lambda d: [f"student_dir={d}"], "holds no Hugging Face model"),
+    ("toy answers of length zero", lambda d: ["data.toy_length=0"], "data.toy_length=0 must be 1 or more"),
     ("unwritable run_dir", lambda d: [f"run_dir={jsonl(d / 'file', [])}/run"], "not a writable directory"),
 ])
 def test_bad_input_cases(tmp_path, case, make_args, expected):

@@ -57,6 +57,24 @@ def test_growing_a_pool_keeps_the_held_out_splits():
     assert small["train"] == big["train"]
 
 
+def test_toy_length_scales_word_list_answers_only():
+    short, long = toy.make_toy_splits(0, SMALL), toy.make_toy_splits(0, SMALL, length=4)
+    for task in ("reverse_words", "uppercase", "every_second_word", "count_words"):
+        short_words = [len(r["input"].split()) for r in short["train"] if r["task"] == task]
+        long_words = [len(r["input"].split()) for r in long["train"] if r["task"] == task]
+        lo, hi = {"reverse_words": (2, 5), "uppercase": (2, 4), "every_second_word": (3, 6),
+                  "count_words": (1, 8)}[task]
+        assert lo <= min(short_words) and max(short_words) <= hi
+        assert 4 * lo <= min(long_words) and max(long_words) <= 4 * hi
+    numbers = [r["input"] for r in long["train"] if r["task"] == "number_to_words"]
+    assert all(int(n) < 10000 for n in numbers)  # numbers keep their size
+    for rec in long["train"]:  # the answers are still right at the longer length
+        if rec["task"] == "reverse_words":
+            assert rec["output"].split() == rec["input"].split()[::-1]
+    with pytest.raises(ValueError, match="toy length"):
+        toy.make_toy_splits(0, SMALL, length=0)
+
+
 def test_unknown_split_name_is_an_error():
     with pytest.raises(ValueError, match="unknown toy split"):
         toy.make_toy_splits(0, {"training": 10})
