@@ -106,6 +106,12 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     timings_path = root / "timings.json"
     timings: dict = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    # Stages are reused by name, so a run dir must not mix the answers of two protocols.
+    settings_path = root / "protocol.txt"
+    if settings_path.exists() and settings_path.read_text().strip() != args.protocol:
+        sys.exit(f"demo-smollm2: {root} holds a --protocol {settings_path.read_text().strip()} run; "
+                 "pass --fresh or another --run-dir")
+    settings_path.write_text(args.protocol + "\n")
     started = time.perf_counter()
 
     # 0. the teacher (converted once into the cache) and the student's starting point
