@@ -88,22 +88,22 @@ def _words(rng: random.Random, lo: int, hi: int, length: int = 1) -> list[str]:
     return [rng.choice(WORDS) for _ in range(rng.randint(lo * length, hi * length))]
 
 
-def _reverse_words(rng, length=1):
+def _reverse_words(rng, length):
     words = _words(rng, 2, 5, length)
     return " ".join(words), " ".join(reversed(words))
 
 
-def _every_second(rng, length=1):
+def _every_second(rng, length):
     words = _words(rng, 3, 6, length)
     return " ".join(words), " ".join(words[0::2])
 
 
-def _uppercase(rng, length=1):
+def _uppercase(rng, length):
     text = " ".join(_words(rng, 2, 4, length))
     return text, text.upper()
 
 
-def _count_words(rng, length=1):
+def _count_words(rng, length):
     words = _words(rng, 1, 8, length)
     return " ".join(words), str(len(words))
 
@@ -112,12 +112,12 @@ def _number(rng):
     return rng.randrange(10000) if rng.random() < 0.5 else rng.randrange(1000)
 
 
-def _number_to_words(rng, length=1):  # noqa: ARG001 - numbers keep their size
+def _number_to_words(rng, length):  # noqa: ARG001 - numbers keep their size
     n = _number(rng)
     return str(n), number_to_words(n)
 
 
-def _words_to_number(rng, length=1):  # noqa: ARG001 - numbers keep their size
+def _words_to_number(rng, length):  # noqa: ARG001 - numbers keep their size
     n = _number(rng)
     return number_to_words(n), str(n)
 
@@ -134,27 +134,27 @@ def to_roman(n: int) -> str:
     return out
 
 
-def _roman(rng, length=1):  # noqa: ARG001 - numbers keep their size
+def _roman(rng, length):  # noqa: ARG001 - numbers keep their size
     n = rng.randint(1, 3999) if rng.random() < 0.5 else rng.randint(1, 399)
     return str(n), to_roman(n)
 
 
-def _count_letters(rng, length=1):  # noqa: ARG001 - numbers keep their size
+def _count_letters(rng, length):  # noqa: ARG001 - numbers keep their size
     word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, 9)))
     return word, str(len(word))
 
 
-def _max_digit(rng, length=1):  # noqa: ARG001 - numbers keep their size
+def _max_digit(rng, length):  # noqa: ARG001 - numbers keep their size
     digits = [str(rng.randrange(10)) for _ in range(rng.randint(2, 6))]
     return " ".join(digits), max(digits)
 
 
-def _first_word(rng, length=1):
+def _first_word(rng, length):
     words = _words(rng, 2, 5, length)
     return " ".join(words), words[0]
 
 
-def _last_word(rng, length=1):
+def _last_word(rng, length):
     words = _words(rng, 2, 5, length)
     return " ".join(words), words[-1]
 

@@ -124,8 +124,9 @@ def main() -> None:
     teacher_dir, student_dir = made[-2:]  # the two paths it printed (the log also holds progress bars)
 
     model = ["model=smollm2", "data=smollm2", f"model.student={args.student}"]
-    answers = [f"generation={'sample' if args.protocol == 'sample' else 'greedy'}",
-               f"generation.max_new_tokens={args.gen_tokens}", "generation.batch_size=32"]
+    # the protocol names are the generation groups: sample (temperature 1) or greedy
+    answers = [f"generation={args.protocol}", f"generation.max_new_tokens={args.gen_tokens}",
+               "generation.batch_size=32"]
 
     # 1. teacher answers: the labels of training, validation and evaluation
     teacher = {}
@@ -186,10 +187,9 @@ def main() -> None:
     lines += [f"| total (this invocation) | {wall:.0f} |", "", "## Answers side by side (held-out prompts)", ""]
 
     predictions: dict[str, dict[str, str]] = {}
-    first_seed = json.loads((evaluate / "predictions.jsonl").read_text().splitlines()[0])["seed"]
-    for line in (evaluate / "predictions.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["seed"] != first_seed:  # one answer per model: the first evaluation seed's
+    records = [json.loads(line) for line in (evaluate / "predictions.jsonl").read_text().splitlines()]
+    for record in records:
+        if record["seed"] != records[0]["seed"]:  # one answer per model: the first evaluation seed's
             continue
         predictions.setdefault(record["prompt"], {"teacher": record["reference"]})[record["model"]] = \
             record["prediction"]
