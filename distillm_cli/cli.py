@@ -34,7 +34,7 @@ register_configs()
 
 
 def config_groups() -> dict[str, list[str]]:
-    conf = resources.files("distillm_cli") / "conf"
+    conf = resources.files("distillm_cli.conf")
     groups = {}
     for entry in sorted(conf.iterdir(), key=lambda e: e.name):
         if entry.is_dir() and not entry.name.startswith("_") and entry.name != "stage":
@@ -158,7 +158,7 @@ def _without_hydra_resolvers(cfg: DictConfig) -> DictConfig:
     return copy
 
 
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="pkg://distillm_cli.conf", config_name="config", version_base="1.3")
 def hydra_entry(cfg: DictConfig) -> None:
     from .stages import STAGES
 
@@ -185,7 +185,7 @@ def _main(argv: list[str] | None):
         print_help()
         return
     if argv[0] == "report":
-        from .report import main as report_main
+        from .evaluation.report import main as report_main
 
         return report_main(argv[1:])
     stage, rest = argv[0], argv[1:]

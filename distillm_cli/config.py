@@ -12,13 +12,14 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from .toy import TASK_FAMILIES
+from .data.toy import TASK_FAMILIES
 
 STAGE_NAMES = ("sft-teacher", "sft-student", "generate-student", "distill", "evaluate", "pipeline")
 LOSS_NAMES = ("fkl", "rkl", "skew_fkl", "skew_rkl", "jsd", "tvd", "distillm2")
 OFF_POLICY_MODES = ("none", "on_policy", "adaptive")
 TOY_TASK_NAMES = tuple(TASK_FAMILIES)
 SCHEDULES = ("decreasing", "constant", "increasing")
+GENERATION_BACKENDS = ("hf",)
 
 
 @dataclass
@@ -101,7 +102,7 @@ class DataConfig:
     """Instruction data: the built-in toy tasks, a hub dataset, or local jsonl files."""
 
     name: str = "toy"
-    # data=toy: which task families (distillm_cli/toy.py TASK_FAMILIES); empty: the default five.
+    # data=toy: which task families (distillm_cli/data/toy.py TASK_FAMILIES); empty: the default five.
     toy_tasks: list[str] = field(default_factory=list)
     # data=toy: multiplies the word counts of the word-list tasks; 3 makes answers ~3x longer
     # (scripts/bench_offpolicy.py uses it so that sampling takes the paper's share of a step).
@@ -133,6 +134,8 @@ class DataConfig:
 class GenerationConfig:
     """Sampling settings for generate-student and off-policy student samples."""
 
+    # Which generation backend samples (distillm_cli/generation/): hf = transformers `generate`.
+    backend: str = "hf"
     do_sample: bool = True
     temperature: float = 1.0
     top_p: float = 1.0
@@ -276,6 +279,9 @@ def validate(cfg) -> None:
          f"data.max_length={cfg.data.max_length} must be longer than data.max_prompt_length="
          f"{cfg.data.max_prompt_length}, or no response token fits")
     need(cfg.generation.max_new_tokens > 0, "generation.max_new_tokens must be positive")
+    for key, sampling in (("generation", cfg.generation), ("eval.sampling", cfg.eval.sampling)):
+        need(sampling.backend in GENERATION_BACKENDS,
+             f"unknown {key}.backend '{sampling.backend}'; choose one of {', '.join(GENERATION_BACKENDS)}")
     need(cfg.generation.batch_size > 0 and cfg.eval.batch_size > 0, "generation/eval batch_size must be positive")
     need(cfg.generate.source in ("student", "teacher"),
          f"generate.source='{cfg.generate.source}'; choose student or teacher")

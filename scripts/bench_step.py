@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from distillm_cli.engine import all_reduce_sum
+    from distillm_cli.runtime import all_reduce_sum
 
     cuda = torch.cuda.is_available()
     tmp = tempfile.TemporaryDirectory(prefix="bench_step_")
@@ -111,7 +111,8 @@ def main(argv=None) -> int:
     engine.train()
 
     # Separate copies for the parts, so they never touch the engine's weights or gradients.
-    plain_teacher = copy.deepcopy(teacher.module if hasattr(teacher, "module") else teacher).eval()
+    model = teacher.model  # the LiveTeacher's model (an engine under ZeRO-3): its forward is a part
+    plain_teacher = copy.deepcopy(model.module if hasattr(model, "module") else model).eval()
     plain_student = copy.deepcopy(engine.module).train()
     params = [p for p in plain_student.parameters() if p.requires_grad]
     # The optimizer steps its own copy of the weights (fp32 masters on CUDA, refreshed into the

@@ -103,7 +103,8 @@ def distillm_batches(ids) -> list[dict]:
     """The batches as distillm's data path makes them: Example rows (labels shifted) -> collate."""
     import torch
 
-    from distillm_cli.data import IGNORE, Example, collate
+    from distillm_cli.data.batches import collate
+    from distillm_cli.data.formats import IGNORE, Example
 
     prompt_len = SEQ - COMPLETION
     examples = []
@@ -139,35 +140,29 @@ def compose_distill_config(*, steps: int, lr: float, threads: int, cuda: bool, r
 
 def setup_distillm(cfg, seed: int):
     """runtime, teacher, engine as the distill stage builds them (models: the shared GPT-2 pair)."""
-    from distillm_cli.engine import build_engine, prepare_teacher, seed_everything, setup_runtime
-    from distillm_cli.modeling import DTYPES
+    from distillm_cli.models.loading import DTYPES
+    from distillm_cli.runtime import seed_everything, setup_runtime
+    from distillm_cli.teacher import LiveTeacher
+    from distillm_cli.train.engine import build_engine
 
     runtime = setup_runtime(cfg)
     seed_everything(cfg.seed)
     teacher, student = build_models(seed)
     sums = {"teacher": checksum(teacher), "student": checksum(student)}
     dtype = DTYPES[cfg.model.dtype]
-    teacher = prepare_teacher(teacher.to(dtype), cfg, runtime)
+    teacher = LiveTeacher.placed(teacher.to(dtype), cfg, runtime, VOCAB)
     engine = build_engine(student.to(dtype), cfg, runtime)
     return runtime, teacher, engine, sums
 
 
 def distill_micro_loss(cfg, teacher, engine, runtime):
     """The distill stage's micro-step for a divergence loss (stages/distill.py, micro_loss)."""
-    import torch
+    from distillm_cli.train.objectives import batch_kd_loss, kd_params
 
-    from distillm_cli.engine import response_logits
-    from distillm_cli.losses import kd_objective
-
-    loss_params = {"loss": cfg.loss.name, "kd_ratio": cfg.loss.kd_ratio, "alpha": cfg.loss.alpha,
-                   "beta": cfg.loss.beta, "temperature": cfg.loss.temperature,
-                   "detach_mixture": cfg.loss.detach_mixture, "chunk_size": cfg.loss.chunk_size}
+    loss_params = kd_params(cfg.loss)
 
     def micro_loss(batch: dict, normalizer: float):
-        with torch.no_grad():
-            teacher_logits, labels = response_logits(teacher, batch, runtime.device, VOCAB)  # [1, N, V]
-        student_logits, _ = response_logits(engine, batch, runtime.device, VOCAB)  # [1, N, V]
-        return kd_objective(student_logits, teacher_logits, labels, normalizer=normalizer, **loss_params)
+        return batch_kd_loss(engine, teacher, batch, runtime, VOCAB, loss_params, normalizer)
 
     return micro_loss
 
@@ -200,7 +195,7 @@ def _sync(cuda: bool) -> None:
 def worker_distillm(args) -> dict:
     import torch
 
-    from distillm_cli.engine import StepPlan, train
+    from distillm_cli.train.engine import StepPlan, train
 
     cuda = torch.cuda.is_available()
     total = args.steps + 2

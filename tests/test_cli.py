@@ -65,6 +65,7 @@ def test_cfg_job_prints_the_config():
     (["distill", "deepspeed=zero4"], "unknown option 'zero4' for deepspeed"),
     (["distill", "deepspeed.zero_optimization.stage=5"], "unknown ZeRO stage 5"),
     (["distill", "data.max_length=50", "data.max_prompt_length=64"], "must be longer than data.max_prompt_length"),
+    (["distill", "generation.backend=nope"], "unknown generation.backend 'nope'; choose one of hf"),
     (["distil"], "unknown stage 'distil' (did you mean 'distill'?)"),
     (["distill", "-m", "loss=fkl,bogus"], "unknown option 'bogus' for loss"),
 ])

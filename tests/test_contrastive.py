@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from distillm_cli.contrastive import AlphaCurriculum, beta_at, mean_label_probability, pair_batch, pair_examples
+from distillm_cli.train.contrastive import AlphaCurriculum, beta_at, mean_label_probability, pair_batch, pair_examples
 
 
 def test_beta_rises_linearly_from_beta0_to_one():

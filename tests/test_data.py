@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distillm_cli.data import IGNORE, BatchStream, build_example, collate, format_prompt, left_pad, read_jsonl
+from distillm_cli.data.batches import BatchStream, collate, left_pad
+from distillm_cli.data.formats import IGNORE, build_example, format_prompt
+from distillm_cli.data.sources import read_jsonl
 from distillm_cli.errors import UserError
 
 

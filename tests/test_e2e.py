@@ -157,7 +157,7 @@ def test_language_modelling_term_on_plain_text(tmp_path):
 
 def test_teacher_with_a_padded_embedding_distils(tmp_path):
     """A teacher whose embedding has extra rows (e.g. 50304 for 50257 tokens) is cut to the shared vocabulary."""
-    from distillm_cli.toy import build_char_tokenizer, build_tiny_model
+    from distillm_cli.models.tiny import build_char_tokenizer, build_tiny_model
 
     tokenizer = build_char_tokenizer()
     teacher = build_tiny_model("tiny-teacher", tokenizer)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from distillm_cli.toy import build_char_tokenizer, build_tiny_model
+from distillm_cli.models.tiny import build_char_tokenizer, build_tiny_model
 
 from .conftest import run_cli
 

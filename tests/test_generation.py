@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from distillm_cli.config import GenerationConfig
-from distillm_cli.generation import cut_after_eos, generate
-from distillm_cli.toy import build_char_tokenizer, build_tiny_model
+from distillm_cli.generation.hf import cut_after_eos, generate
+from distillm_cli.models.tiny import build_char_tokenizer, build_tiny_model
 
 
 def tiny():

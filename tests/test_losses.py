@@ -628,7 +628,7 @@ def _padded_batch():
 
 @pytest.mark.parametrize("loss", ["skew_rkl", "jsd"])
 def test_response_logits_give_the_same_objective_and_gradient(loss):
-    from distillm_cli.engine import forward_logits, response_logits
+    from distillm_cli.models.loading import forward_logits, response_logits
 
     student, teacher = _tiny_causal_lms()
     batch = _padded_batch()
@@ -652,7 +652,7 @@ def test_response_logits_give_the_same_objective_and_gradient(loss):
 
 
 def test_response_logits_of_an_all_masked_batch_count_nothing():
-    from distillm_cli.engine import response_logits
+    from distillm_cli.models.loading import response_logits
 
     student, teacher = _tiny_causal_lms()
     batch = {**_padded_batch(), "labels": torch.full((3, 12), -100)}

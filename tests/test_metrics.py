@@ -3,7 +3,7 @@ import math
 import pytest
 from rouge_score import rouge_scorer
 
-from distillm_cli.metrics import (
+from distillm_cli.evaluation.metrics import (
     cut_at_eos,
     exact_match,
     mean_std,

@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 import torch
 
-from distillm_cli.offpolicy import (
+from distillm_cli.train.offpolicy import (
     AdaptivePhi,
     OffPolicySchedule,
     ReplayBuffer,

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
 import yaml
 
-from distillm_cli import report as report_module
 from distillm_cli.errors import UserError
+from distillm_cli.evaluation import report as report_module
+from distillm_cli.evaluation.report import report
 from distillm_cli.loggers import LOGGER_NAMES, Logger, make_logger, scalars
-from distillm_cli.report import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOT_PX = (900, 500)  # width, height: 9 x 5 inches at 100 dpi, for loss.png and scores.png
@@ -200,7 +201,7 @@ def test_main_help_explains_paths_and_out(capsys):
 
 # -------------------------------------------------------------------------- loggers
 def test_logger_yaml_files_have_name_and_project():
-    conf = Path(report_module.__file__).parent / "conf" / "logger"
+    conf = resources.files("distillm_cli.conf") / "logger"
     for name in LOGGER_NAMES:
         assert yaml.safe_load((conf / f"{name}.yaml").read_text()) == {"name": name, "project": "distillm"}
 

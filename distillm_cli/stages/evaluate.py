@@ -15,13 +15,16 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from ..data import encode_prompt, encode_split, fixed_batches, load_split, prompt_text, read_jsonl
-from ..engine import RunLog, prepare_run_dir, response_logits, seed_everything, setup_runtime
+from ..data.batches import fixed_batches
+from ..data.formats import encode_prompt, prompt_text
+from ..data.sources import encode_split, load_split, read_jsonl
 from ..errors import UserError
-from ..generation import generate
+from ..evaluation.metrics import exact_match, rouge_l, summarize_scores
+from ..generation import make_generator
 from ..losses import kd_objective
-from ..metrics import exact_match, rouge_l, summarize_scores
-from ..modeling import load_model, load_tokenizer, model_source, vocab_size
+from ..models.loading import load_model, load_tokenizer, model_source, response_logits, vocab_size
+from ..run_dir import RunLog, open_run
+from ..teacher import LiveTeacher, Teacher
 from ..ui import print_table, progress_bar
 
 
@@ -47,21 +50,19 @@ def eval_sets(cfg) -> dict[str, list[dict]]:
 
 
 @torch.no_grad()
-def kl_to_teacher(model, teacher, batches: list[dict], vocab: int, device) -> float:
+def kl_to_teacher(model, teacher: Teacher, batches: list[dict], vocab: int, device) -> float:
     """Token-mean KL(teacher || model) over validation responses."""
     total, tokens = 0.0, 0.0
     for batch in batches:
         student_logits, labels = response_logits(model, batch, device, vocab)
-        teacher_logits, _ = response_logits(teacher, batch, device, vocab)
+        teacher_logits, _ = teacher.response_logits(batch)
         _, stats = kd_objective(student_logits, teacher_logits, labels, loss="fkl", normalizer=1.0)
         total, tokens = total + stats["kd_sum"], tokens + stats["tokens"]
     return total / max(tokens, 1.0)
 
 
 def run(cfg) -> dict:
-    runtime = setup_runtime(cfg)
-    seed_everything(cfg.seed)
-    run_dir = prepare_run_dir(cfg, runtime)
+    runtime, run_dir = open_run(cfg)
     sets = eval_sets(cfg)
     teacher, valid_batches = None, []
 
@@ -71,21 +72,18 @@ def run(cfg) -> dict:
             sub = OmegaConf.merge(cfg, {"student_dir": source})
             tokenizer = load_tokenizer(sub, "student")
             model = load_model(sub, "student", tokenizer).to(runtime.device).eval()
+            generator = make_generator(model, cfg.eval.sampling, tokenizer, max_length=cfg.data.max_length)
             results[name] = {"source": source, "sets": {}}
             started = time.perf_counter()
             for set_name, records in sets.items():
                 prompts = [encode_prompt(tokenizer, prompt_text(r, cfg.data.template), cfg.data.max_prompt_length)
                            for r in records]
                 references = [[r["output"]] for r in records]
-                room = cfg.data.max_length - max(len(p) for p in prompts)
                 per_seed = []
                 with progress_bar(f"evaluate {name} on {set_name}", len(prompts) * len(cfg.eval.seeds)) as bar:
                     for seed in cfg.eval.seeds:
-                        responses = generate(
-                            model, prompts, cfg.eval.sampling, eos_id=tokenizer.eos_token_id,
-                            pad_id=tokenizer.pad_token_id, seed=seed, batch_size=cfg.eval.batch_size,
-                            max_new_tokens=max(1, min(cfg.eval.sampling.max_new_tokens, room)),
-                            on_batch=lambda n, tokens: bar.advance(n, tokens=tokens))
+                        responses = generator.generate(prompts, seed=seed, batch_size=cfg.eval.batch_size,
+                                                       on_batch=lambda n, tokens: bar.advance(n, tokens=tokens))
                         texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in responses]
                         per_seed.append({"rouge_l": rouge_l(texts, references),
                                          "exact_match": 100.0 * exact_match(texts, references)})
@@ -97,7 +95,7 @@ def run(cfg) -> dict:
             if cfg.eval.teacher:
                 if teacher is None:
                     teacher_cfg = OmegaConf.merge(cfg, {"student_dir": cfg.eval.teacher})
-                    teacher = load_model(teacher_cfg, "student", tokenizer).to(runtime.device).eval()
+                    teacher = LiveTeacher.on_device(load_model(teacher_cfg, "student", tokenizer), tokenizer, runtime)
                     valid = encode_split(cfg, tokenizer, cfg.data.valid_split)[: cfg.eval.kl_examples]
                     valid_batches = fixed_batches(valid, cfg.eval.batch_size, tokenizer.pad_token_id)
                 results[name]["kl_to_teacher"] = kl_to_teacher(model, teacher, valid_batches, vocab_size(tokenizer),

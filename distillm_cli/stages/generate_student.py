@@ -13,21 +13,21 @@ import json
 
 from omegaconf import OmegaConf
 
-from ..data import encode_prompt, load_split, prompt_text
-from ..engine import RunLog, prepare_run_dir, seed_everything, setup_runtime
-from ..generation import generate
-from ..modeling import load_model, load_tokenizer, model_source
+from ..data.formats import encode_prompt, prompt_text
+from ..data.sources import load_split
+from ..generation import make_generator
+from ..models.loading import load_model, load_tokenizer, model_source
+from ..run_dir import RunLog, open_run
 from ..ui import progress_bar
 
 
 def run(cfg) -> dict:
-    runtime = setup_runtime(cfg)
-    seed_everything(cfg.seed)
-    run_dir = prepare_run_dir(cfg, runtime, allow_existing=True)
+    runtime, run_dir = open_run(cfg, allow_existing=True)
     role = cfg.generate.source
     roles = ("teacher", "student") if cfg.generate.pairs else (role,)
     tokenizer = load_tokenizer(cfg, roles[0])
-    models = {r: load_model(cfg, r, tokenizer).to(runtime.device) for r in roles}
+    generators = {r: make_generator(load_model(cfg, r, tokenizer).to(runtime.device), cfg.generation, tokenizer,
+                                    max_length=cfg.data.max_length) for r in roles}
 
     split = cfg.generate.split or cfg.data.generate_split
     records = load_split(cfg, split, need_responses=False)
@@ -48,11 +48,7 @@ def run(cfg) -> dict:
                 chunk = todo[start:start + size]
                 texts = [prompt_text(r, cfg.data.template) for r in chunk]
                 prompts = [encode_prompt(tokenizer, t, cfg.data.max_prompt_length) for t in texts]
-                room = cfg.data.max_length - max(len(p) for p in prompts)
-                answers = {r: generate(models[r], prompts, cfg.generation, eos_id=tokenizer.eos_token_id,
-                                       pad_id=tokenizer.pad_token_id, seed=cfg.seed * 100_003 + start,
-                                       max_new_tokens=max(1, min(cfg.generation.max_new_tokens, room)))
-                           for r in roles}
+                answers = {r: generators[r].generate(prompts, seed=cfg.seed * 100_003 + start) for r in roles}
                 for i, (record, text) in enumerate(zip(chunk, texts)):
                     line = {"prompt": text, "reference": record.get("output"), "sampling": sampling, "seed": cfg.seed}
                     if cfg.generate.pairs:

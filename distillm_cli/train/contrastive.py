@@ -12,9 +12,14 @@ The loss itself is `losses.distillm2`; this module holds what changes over train
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
-from .data import IGNORE, Example, build_example, collate
+from ..data.batches import collate
+from ..data.formats import IGNORE, Example, build_example, encode_prompt
+from ..errors import UserError
 
 
 def beta_at(step: int, total_steps: int, beta0: float, schedule: str) -> float:
@@ -76,3 +81,22 @@ def pair_examples(prompt_ids: list[int], teacher_ids: list[int], student_ids: li
                   max_length: int) -> tuple[Example, Example]:
     return (build_example(prompt_ids, teacher_ids, eos_id, max_length),
             build_example(prompt_ids, student_ids, eos_id, max_length))
+
+
+def read_pairs(path: str, tokenizer, cfg) -> list[tuple[Example, Example]]:
+    """(teacher-response, student-response) examples from a pairs generations.jsonl."""
+    path = Path(path)
+    path = path / "generations.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"loss=distillm2 needs response pairs: generations='{path}' does not exist; run "
+                        "`distillm generate-student generate.pairs=true` first (or experiment=distillm2)")
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        record = json.loads(line)
+        if "teacher_response" not in record or "student_response" not in record:
+            raise UserError(f"{path}:{number}: not a response pair; make it with generate.pairs=true")
+        prompt = encode_prompt(tokenizer, record["prompt"], cfg.data.max_prompt_length)
+        ids = [tokenizer(record[k], add_special_tokens=False)["input_ids"]
+               for k in ("teacher_response", "student_response")]
+        pairs.append(pair_examples(prompt, ids[0], ids[1], tokenizer.eos_token_id, cfg.data.max_length))
+    return pairs

@@ -1,4 +1,6 @@
-"""Loading teacher and student: hub ids, local directories, or the built-in tiny presets."""
+"""Loading teacher and student (hub ids, local directories, presets), LoRA, and the forward
+passes every stage shares: full logits, or logits at response positions only.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,7 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from ..data.formats import IGNORE
+from ..errors import UserError
+from . import presets
 
 log = logging.getLogger("distillm")
 
@@ -16,18 +20,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def model_source(cfg, role: str) -> str:
     """Where the teacher/student comes from: an earlier stage's output, else the model preset."""
     explicit = cfg.teacher_dir if role == "teacher" else cfg.student_dir
-    source = explicit or (cfg.model.teacher if role == "teacher" else cfg.model.student)
-    if source.startswith("smollm2-"):  # model=smollm2: presets made into cached model dirs (smollm2.py)
-        from .smollm2 import resolve
-
-        source = resolve(source, cfg.seed)
-    return source
-
-
-def _is_preset(source: str) -> bool:
-    from .toy import TINY_PRESETS
-
-    return source in TINY_PRESETS
+    return presets.resolve(explicit or (cfg.model.teacher if role == "teacher" else cfg.model.student), cfg.seed)
 
 
 def _check_local(source: str) -> None:
@@ -45,8 +38,9 @@ def _check_local(source: str) -> None:
 def load_tokenizer(cfg, role: str = "teacher"):
     """The tokenizer of `role`'s model, or the built-in character tokenizer."""
     source = model_source(cfg, role)
-    if cfg.model.tokenizer == "char" and (_is_preset(source) or not (Path(source) / "tokenizer_config.json").exists()):
-        from .toy import build_char_tokenizer
+    if cfg.model.tokenizer == "char" and (presets.is_in_memory(source)
+                                         or not (Path(source) / "tokenizer_config.json").exists()):
+        from .tiny import build_char_tokenizer
 
         tokenizer = build_char_tokenizer()
     else:
@@ -63,6 +57,13 @@ def load_tokenizer(cfg, role: str = "teacher"):
     return tokenizer
 
 
+def load_shared_tokenizer(cfg):
+    """The teacher's tokenizer, refused unless the student's is the same (token-level KD)."""
+    tokenizer = load_tokenizer(cfg, "teacher")
+    check_same_tokenizer(tokenizer, load_tokenizer(cfg, "student"), cfg)
+    return tokenizer
+
+
 def check_same_tokenizer(teacher_tok, student_tok, cfg) -> None:
     """Token-level KD compares distributions id by id: both models must share one vocabulary."""
     if teacher_tok.get_vocab() != student_tok.get_vocab():
@@ -76,8 +77,8 @@ def load_model(cfg, role: str, tokenizer, *, seed: int | None = None):
     """A causal LM for `role`; a fresh random-init preset when no earlier run is given."""
     source = model_source(cfg, role)
     dtype = DTYPES[cfg.model.dtype]
-    if _is_preset(source):
-        from .toy import build_tiny_model
+    if presets.is_in_memory(source):
+        from .tiny import build_tiny_model
 
         log.warning("%s: fresh random-init '%s' (no earlier run given; set %s_dir=<run>/checkpoint "
                     "to start from a trained one)", role, source, role)
@@ -94,6 +95,12 @@ def load_model(cfg, role: str, tokenizer, *, seed: int | None = None):
         raise UserError(f"cannot load {role} model '{source}': {str(error).splitlines()[0]} "
                         "(no hub access here? use a local model directory)") from error
     return model
+
+
+def load_student(cfg, tokenizer):
+    """The student to train: its model, wrapped in LoRA adapters when student.lora.r > 0."""
+    student = load_model(cfg, "student", tokenizer)
+    return add_lora(student, cfg.student.lora) if cfg.student.lora.r else student
 
 
 def add_lora(model, lora_cfg):
@@ -123,3 +130,26 @@ def plain_model(module):
 def vocab_size(tokenizer) -> int:
     """The shared vocabulary: logits beyond it (padded embedding rows) are dropped."""
     return len(tokenizer)
+
+
+def forward_logits(model, batch: dict, device: torch.device, vocab: int) -> torch.Tensor:
+    """Logits [B, T, V] over the shared vocabulary (padded embedding rows dropped)."""
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+    return out.logits[..., :vocab]
+
+
+def response_logits(model, batch: dict, device: torch.device, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [1, N, V] at the N positions the loss counts (labels != -100), and their labels [1, N].
+
+    The output head runs on those positions alone (transformers' ``logits_to_keep`` with a
+    boolean mask), so prompt and padding positions never cost a row of V logits: at vocab
+    50k the head is most of a small model's forward, and a prompt is often half the tokens.
+    Every loss only reads kept positions, so the result is the same as slicing full logits.
+    """
+    labels = batch["labels"].to(device)
+    keep = labels != IGNORE
+    if not bool(keep.any()):  # nothing to score: the losses return 0 for an all-masked batch
+        return forward_logits(model, batch, device, vocab), labels
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                logits_to_keep=keep)  # a boolean mask gives [N, V] rows, flattened over the batch
+    return out.logits[..., :vocab].unsqueeze(0), labels[keep].unsqueeze(0)

@@ -1,9 +1,10 @@
-"""Batched sampling (left padding, KV cache) for generate-student, off-policy samples and evaluate."""
+"""The transformers backend (generation.backend=hf): batched `model.generate` with left
+padding and the KV cache, seeded per batch, each response cut after its first EOS."""
 from __future__ import annotations
 
 import torch
 
-from .data import left_pad
+from ..data.batches import left_pad
 
 
 def sampling_kwargs(gen_cfg, max_new_tokens: int | None = None) -> dict:
@@ -57,3 +58,18 @@ def generate(model, prompts: list[list[int]], gen_cfg, *, eos_id: int, pad_id: i
     finally:
         model.train(model_was_training)
     return responses
+
+
+class HFGenerator:
+    """`generate` on a model in this process (the student being trained, or a loaded model)."""
+
+    def __init__(self, model, gen_cfg, tokenizer, *, max_length: int, sharded: bool = False):
+        self.model, self.gen_cfg, self.max_length, self.sharded = model, gen_cfg, max_length, sharded
+        self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    def generate(self, prompts: list[list[int]], *, seed: int, batch_size: int | None = None,
+                 on_batch=None) -> list[list[int]]:
+        room = self.max_length - max(len(p) for p in prompts)  # prompt + response fit in max_length
+        return generate(self.model, prompts, self.gen_cfg, eos_id=self.eos_id, pad_id=self.pad_id, seed=seed,
+                        max_new_tokens=max(1, min(self.gen_cfg.max_new_tokens, room)), batch_size=batch_size,
+                        on_batch=on_batch, synced_gpus=self.sharded)

@@ -28,7 +28,7 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import UserError, report_and_exit
+from ..errors import UserError, report_and_exit
 
 # Keys that never tell runs apart (where the run went, how it was started).
 IGNORED_KEYS = ("run_dir", "resume", "overwrite")

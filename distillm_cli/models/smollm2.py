@@ -16,7 +16,7 @@ Because every preset becomes an ordinary model directory, every stage, ``teacher
 ``student_dir=`` and ``eval.models.*=`` take them like any other checkpoint.
 
 Preparing the teacher also writes the chat-rendered prompts of ``data=smollm2``
-(``smollm2-135m-instruct/prompts/{train,valid,test}.jsonl``, see smollm2_prompts.py).
+(``smollm2-135m-instruct/prompts/{train,valid,test}.jsonl``, see data/smollm2.py).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger("distillm")
 
@@ -106,7 +106,7 @@ def convert_teacher(gguf: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .smollm2_prompts import write_prompt_files
+    from ..data.smollm2 import write_prompt_files
 
     folder, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -214,7 +214,7 @@ def resolve(source: str, seed: int = 0) -> str:
 if __name__ == "__main__":  # `python -m distillm_cli.smollm2 [PRESET ...]`: make them now, print where
     import sys
 
-    from .errors import report_and_exit
+    from ..errors import report_and_exit
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:

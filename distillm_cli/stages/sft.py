@@ -9,33 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import BatchStream, collate, encode_split, fixed_batches
-from ..engine import (
-    RunLog,
-    StepPlan,
-    build_engine,
-    mean_over_batches,
-    prepare_run_dir,
-    response_logits,
-    save_model,
-    seed_everything,
-    setup_runtime,
-    train,
-)
+from ..data.batches import BatchStream, collate, fixed_batches
+from ..data.sources import encode_split
 from ..losses import kd_objective
-from ..modeling import add_lora, load_model, load_tokenizer, vocab_size
+from ..models.loading import load_model, load_student, load_tokenizer, response_logits, vocab_size
+from ..run_dir import RunLog, open_run
+from ..train.engine import StepPlan, build_engine, mean_over_batches, save_model, train
 
 
 def run(cfg) -> dict:
     role = "teacher" if cfg.stage == "sft-teacher" else "student"
-    runtime = setup_runtime(cfg)
-    seed_everything(cfg.seed)
-    run_dir = prepare_run_dir(cfg, runtime)
+    runtime, run_dir = open_run(cfg)
 
     tokenizer = load_tokenizer(cfg, role)
-    model = load_model(cfg, role, tokenizer)
-    if role == "student" and cfg.student.lora.r:
-        model = add_lora(model, cfg.student.lora)
+    model = load_student(cfg, tokenizer) if role == "student" else load_model(cfg, role, tokenizer)
     vocab, pad = vocab_size(tokenizer), tokenizer.pad_token_id
     split = cfg.data.teacher_split if role == "teacher" else cfg.data.train_split
     train_examples = encode_split(cfg, tokenizer, split)

@@ -1,4 +1,4 @@
-"""Token-level distillation losses of DistiLLM and DistiLLM-2, fused and chunked.
+"""Token-level distillation losses of DistiLLM and DistiLLM-2 on full-vocabulary logits, fused and chunked.
 
 Notation (per response position, summed over the vocabulary V):
 p = softmax(teacher_logits / T), q = softmax(student_logits / T).

@@ -1,18 +1,17 @@
-"""The one owner of DeepSpeed: process set-up, engines, the training loop, checkpoints.
+"""The one owner of DeepSpeed: engines, the training loop, checkpoints.
 
 Every training stage (sft-teacher, sft-student, distill) goes through `build_engine`
-and `train`; nothing else calls `deepspeed.initialize`.
+and `train`; a teacher sharded under ZeRO-3 through `build_frozen_engine`. Nothing else
+calls `deepspeed.initialize`.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import math
 import os
 import random
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,91 +20,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from .data import IGNORE
-from .errors import UserError
-from .loggers import make_logger
-from .ui import progress_bar
+from ..data.formats import IGNORE
+from ..errors import UserError
+from ..loggers import make_logger
+from ..run_dir import RunLog
+from ..runtime import Runtime, all_reduce_sum
+from ..ui import progress_bar
 
 log = logging.getLogger("distillm")
-
-
-# ------------------------------------------------------------------ process set-up
-@dataclass
-class Runtime:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tune_cpu_allocator() -> None:
-    """Keep freed blocks in the heap instead of returning them to the OS every step.
-
-    glibc hands every freed block over 32 MB back to the kernel and faults it in again
-    on the next step; on CPU that doubled step time in our measurements (DESIGN.md).
-    mallopt at start-up gives users the fast setting without environment variables.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 1 << 30)
-    libc.mallopt(m_top_pad, 64 << 20)
-
-
-def setup_runtime(cfg) -> Runtime:
-    """Join (or create) the process group: works with or without the deepspeed launcher."""
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if not use_cuda:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        _tune_cpu_allocator()
-    import deepspeed  # after DS_ACCELERATOR: it picks its accelerator on import
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    # A plain `distillm distill` is a one-process job: give DeepSpeed the variables a launcher would.
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    # DeepSpeed would JIT-compile a shared-memory allreduce op for CPU runs (~1.5 min of
-    # gcc on first use); gloo's allreduce is enough for CPU, so that build is switched off.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    if not torch.distributed.is_initialized():
-        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False)
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    return Runtime(rank=rank, world_size=world, device=device)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def all_reduce_sum(value: float, runtime: Runtime) -> float:
-    if runtime.world_size == 1:
-        return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64,
-                          device=runtime.device if runtime.device.type == "cuda" else "cpu")
-    torch.distributed.all_reduce(tensor)
-    return float(tensor.item())
 
 
 # ------------------------------------------------------------------------- engines
@@ -147,78 +69,19 @@ def build_engine(model, cfg, runtime: Runtime):
     return engine
 
 
-def prepare_teacher(teacher, cfg, runtime: Runtime):
-    """A frozen teacher: sharded like the student under ZeRO-3, else a plain module on the device."""
-    teacher.eval()
-    teacher.requires_grad_(False)
-    if deepspeed_config(cfg).get("zero_optimization", {}).get("stage", 0) == 3:
-        import deepspeed
-
-        config = deepspeed_config(cfg)
-        config.pop("gradient_clipping", None)
-        engine, _, _, _ = deepspeed.initialize(model=teacher, config=config)
-        engine.eval()
-        return engine
-    return teacher.to(runtime.device)
+def zero_stage(cfg) -> int:
+    return deepspeed_config(cfg).get("zero_optimization", {}).get("stage", 0)
 
 
-# ------------------------------------------------------------------- run directory
-# Where and how a run executes, not what it computes.
-IGNORED_FOR_COMPARISON = ("run_dir", "resume", "overwrite", "threads")
+def build_frozen_engine(model, cfg):
+    """An inference-only engine that shards a frozen model like the student (ZeRO-3)."""
+    import deepspeed
 
-
-def prepare_run_dir(cfg, runtime: Runtime, *, allow_existing: bool = False) -> Path:
-    """Create the run dir, refusing to overwrite a run made with another config.
-
-    allow_existing: a finished run with the same config may be continued (generate-student
-    skips the prompts it already answered).
-    """
-    run_dir = Path(cfg.run_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    existing = run_dir / "config.yaml"
-    if runtime.main and existing.exists() and not cfg.overwrite:
-        previous = OmegaConf.to_container(OmegaConf.load(existing), resolve=True)
-        differs = {k for k in set(previous) | set(resolved)
-                   if k not in IGNORED_FOR_COMPARISON and previous.get(k) != resolved.get(k)}
-        if differs:
-            raise UserError(f"run_dir '{run_dir}' holds a run with another config (differs in "
-                            f"{', '.join(sorted(differs))}); pick a new run_dir or pass overwrite=true")
-        if (run_dir / "summary.json").exists() and cfg.resume != "auto" and not allow_existing:
-            raise UserError(f"run_dir '{run_dir}' already holds a finished run; pick a new run_dir, "
-                            "or pass overwrite=true to replace it")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if runtime.main:
-            OmegaConf.save(OmegaConf.create(resolved), existing)
-            if cfg.resume != "auto":
-                (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot write to run_dir '{run_dir}' ({error.strerror}); choose a writable run_dir") \
-            from error
-    return run_dir
-
-
-class RunLog:
-    """metrics.jsonl (one JSON object per logged step) and summary.json; rank 0 writes."""
-
-    def __init__(self, run_dir: Path, runtime: Runtime):
-        self.path, self.run_dir, self.main = run_dir / "metrics.jsonl", run_dir, runtime.main
-
-    def log(self, record: dict) -> None:
-        if self.main:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    def summary(self, summary: dict) -> dict:
-        if self.main:
-            write_json_atomic(self.run_dir / "summary.json", summary)
-        return summary
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    config = deepspeed_config(cfg)
+    config.pop("gradient_clipping", None)
+    engine, _, _, _ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine
 
 
 # --------------------------------------------------------------------- checkpoints
@@ -236,7 +99,7 @@ def _gathered_state_dict(engine) -> dict:
 
 def save_model(engine, tokenizer, out_dir: Path, runtime: Runtime, extra_files: dict | None = None) -> None:
     """Write a Hugging Face model dir atomically: into a temp dir, then renamed into place."""
-    from .modeling import plain_model
+    from ..models.loading import plain_model
 
     module = engine.module if hasattr(engine, "module") else engine
     state = _gathered_state_dict(engine)
@@ -333,7 +196,7 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
     `state` maps names to objects with state_dict/load_state_dict that resume restores.
     `count_units` says what the loss averages over (default: response tokens; DistiLLM-2: prompts).
     """
-    count_units = count_units or (lambda batch: int((batch["labels"] != -100).sum()))
+    count_units = count_units or (lambda batch: int((batch["labels"] != IGNORE).sum()))
     state = state or {}
     runlog = RunLog(run_dir, runtime)
     start_step = 0
@@ -407,29 +270,6 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
     elapsed = time.perf_counter() - started
     return {"final_loss": last_loss, "val_loss": last_val, "skipped_steps": skipped, "steps": cfg.train.max_steps,
             "train_seconds": elapsed, "tokens_per_second": tokens_seen / max(elapsed, 1e-9)}
-
-
-def forward_logits(model, batch: dict, device: torch.device, vocab: int) -> torch.Tensor:
-    """Logits [B, T, V] over the shared vocabulary (padded embedding rows dropped)."""
-    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-    return out.logits[..., :vocab]
-
-
-def response_logits(model, batch: dict, device: torch.device, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [1, N, V] at the N positions the loss counts (labels != -100), and their labels [1, N].
-
-    The output head runs on those positions alone (transformers' ``logits_to_keep`` with a
-    boolean mask), so prompt and padding positions never cost a row of V logits: at vocab
-    50k the head is most of a small model's forward, and a prompt is often half the tokens.
-    Every loss only reads kept positions, so the result is the same as slicing full logits.
-    """
-    labels = batch["labels"].to(device)
-    keep = labels != IGNORE
-    if not bool(keep.any()):  # nothing to score: the losses return 0 for an all-masked batch
-        return forward_logits(model, batch, device, vocab), labels
-    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                logits_to_keep=keep)  # a boolean mask gives [N, V] rows, flattened over the batch
-    return out.logits[..., :vocab].unsqueeze(0), labels[keep].unsqueeze(0)
 
 
 @torch.no_grad()

@@ -1,0 +1,1 @@
+# Makes conf/ the package distillm_cli.conf (pyproject.toml maps it there), where Hydra finds the config groups.

@@ -1,0 +1,29 @@
+"""Distillation losses: pure functions of student and teacher logits, formula in each docstring.
+
+    LOSSES[name](student_logits, teacher_logits, mask, **params) -> scalar
+        name in fkl, rkl, skew_fkl, skew_rkl, jsd, tvd; logits [B, T, V], mask [B, T] bool
+    kd_objective(...)   kd_ratio * divergence + (1 - kd_ratio) * CE over response tokens
+    distillm2(...)      DistiLLM-2's contrastive loss over teacher / student response pairs
+
+    dense.py   every loss over full-vocabulary logits, fused and chunked (no [N, V] temporaries
+               beyond one chunk; the gradient formed in the forward pass)
+
+A new family of losses (divergences on a sparse top-k teacher, the output head fused into
+the loss) is a new module here, exported below.
+"""
+from .dense import (
+           LOSS_NAMES,
+           LOSSES,
+           check_loss_params,
+           distillm2,
+           fkl,
+           jsd,
+           kd_objective,
+           rkl,
+           skew_fkl,
+           skew_rkl,
+           tvd,
+)
+
+__all__ = ["LOSSES", "LOSS_NAMES", "check_loss_params", "distillm2", "fkl", "jsd", "kd_objective", "rkl",
+           "skew_fkl", "skew_rkl", "tvd"]
