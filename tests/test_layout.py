@@ -137,3 +137,14 @@ def test_unknown_generation_backend_is_a_user_error():
     tokenizer, model, _ = _tiny_pair_batch()
     with pytest.raises(UserError, match="generation.backend"):
         make_generator(model, GenerationConfig(backend="nope"), tokenizer, max_length=64)
+
+
+def test_the_readme_architecture_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    picture = readme[readme.index("## Architecture"):readme.index("## DistiLLM-2")]
+    package = ROOT / "distillm_cli"
+    for path in sorted(package.rglob("*.py")):
+        if path.name != "__init__.py":
+            assert path.name in picture, f"README architecture does not mention {path.relative_to(ROOT)}"
+    for folder in sorted(p for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
+        assert f"{folder.name}/" in picture, f"README architecture does not mention {folder.name}/"

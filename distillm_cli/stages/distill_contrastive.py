@@ -48,9 +48,10 @@ def run(cfg) -> dict:
     pairs = read_pairs(cfg.generations, tokenizer, cfg)
     valid_batches = fixed_batches([t for t, _ in pairs[: mb * cfg.train.valid_batches]], mb, pad,
                                   cfg.train.valid_batches)
-    for unused, value in (("off_policy", cfg.off_policy.name != "none"), ("loss.lm_coef", cfg.loss.lm_coef > 0)):
-        if value:
-            log.warning("loss=distillm2 trains on its own response pairs: %s is not used", unused)
+    if cfg.off_policy.name != "none":
+        log.warning("loss=distillm2 trains on its own response pairs: off_policy=%s is not used", cfg.off_policy.name)
+    if cfg.loss.lm_coef > 0:
+        log.warning("loss=distillm2 has no language-modelling term (DistiLLM-2 drops it): loss.lm_coef is not used")
 
     engine = build_engine(student, cfg, runtime)
     stream = BatchStream(pairs, mb, cfg.seed, runtime.rank, runtime.world_size)
