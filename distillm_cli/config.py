@@ -20,6 +20,7 @@ OFF_POLICY_MODES = ("none", "on_policy", "adaptive")
 TOY_TASK_NAMES = tuple(TASK_FAMILIES)
 SCHEDULES = ("decreasing", "constant", "increasing")
 GENERATION_BACKENDS = ("hf",)
+ATTENTION_KERNELS = ("sdpa", "eager", "flash_attention_2")
 
 
 @dataclass
@@ -33,6 +34,11 @@ class ModelConfig:
     tokenizer: str = ""
     # Weights are kept in this dtype; loss math always runs in fp32.
     dtype: str = "float32"
+    # Attention kernel of models loaded from a directory or the hub: sdpa, eager, or
+    # flash_attention_2 (needs the flash-attn package). The built-in tiny presets keep their own.
+    attn_implementation: str = "sdpa"
+    # Run the Python code a model or tokenizer ships with (custom architectures): only for code you trust.
+    trust_remote_code: bool = False
 
 
 @dataclass
@@ -50,6 +56,10 @@ class TrainConfig:
     # Validation loss every this many steps (drives the adaptive off-policy phi).
     eval_interval: int = 50
     valid_batches: int = 4
+    # Recompute activations in the backward pass instead of keeping them: less memory, more compute.
+    gradient_checkpointing: bool = False
+    # When stderr is a log file (not a terminal): one plain progress line every this many steps.
+    log_interval: int = 10
     # Write a resumable checkpoint every this many steps (0: only at the end).
     save_interval: int = 0
     keep_checkpoints: int = 2
@@ -266,7 +276,7 @@ def validate(cfg) -> None:
     need(0.0 <= cfg.off_policy.phi0 <= 1.0, f"off_policy.phi0={cfg.off_policy.phi0} is outside [0, 1]")
     need(0.0 <= cfg.off_policy.lmbda <= 1.0, f"off_policy.lmbda={cfg.off_policy.lmbda} is outside [0, 1]")
     need(cfg.off_policy.capacity > 0, f"off_policy.capacity={cfg.off_policy.capacity} must be positive")
-    for key in ("max_steps", "micro_batch_size", "grad_accum"):
+    for key in ("max_steps", "micro_batch_size", "grad_accum", "log_interval"):
         value = cfg.train[key]
         need(value > 0, f"train.{key}={value} must be a positive integer")
     need(cfg.train.on_nonfinite in ("stop", "skip"),
@@ -286,6 +296,8 @@ def validate(cfg) -> None:
     need(cfg.generate.source in ("student", "teacher"),
          f"generate.source='{cfg.generate.source}'; choose student or teacher")
     need(cfg.resume in ("never", "auto"), f"resume='{cfg.resume}'; choose never or auto")
+    need(cfg.model.attn_implementation in ATTENTION_KERNELS, f"model.attn_implementation="
+         f"'{cfg.model.attn_implementation}'; choose one of {', '.join(ATTENTION_KERNELS)}")
     need(cfg.model.dtype in ("float32", "bfloat16", "float16"),
          f"model.dtype='{cfg.model.dtype}'; choose float32, bfloat16 or float16")
     need(cfg.data.name in ("toy", "dolly", "jsonl"), f"unknown data '{cfg.data.name}'; choose toy, dolly or jsonl")

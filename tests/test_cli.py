@@ -58,6 +58,8 @@ def test_cfg_job_prints_the_config():
     (["distill", "train.max_steps=abc"], "train.max_steps"),
     (["distill", "train.max_steps=0"], "train.max_steps=0 must be a positive integer"),
     (["distill", "train.micro_batch_size=-1"], "train.micro_batch_size=-1"),
+    (["distill", "train.log_interval=0"], "train.log_interval=0 must be a positive integer"),
+    (["distill", "model.attn_implementation=fast"], "model.attn_implementation='fast'; choose one of sdpa"),
     (["distill", "loss.alpha=1.0"], "loss.alpha=1.0 is outside [0, 1)"),
     (["distill", "loss=jsd", "loss.beta=0"], "loss.beta=0.0 is outside (0, 1)"),
     (["distill", "off_policy=sometimes"], "unknown option 'sometimes' for off_policy"),

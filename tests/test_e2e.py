@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -53,9 +54,14 @@ def test_adaptive_off_policy_trains_on_fresh_and_buffered_samples(tmp_path):
     # The command with a micro-batch of 16 and the toy's 128-sample buffer.
     result = run_cli("distill", "off_policy=adaptive", "off_policy.phi0=1.0", "train.max_steps=20",
                      "train.micro_batch_size=16",
-                     "generation.max_new_tokens=16", "train.eval_interval=10", f"run_dir={run_dir}")
+                     "generation.max_new_tokens=16", "train.eval_interval=10", "train.log_interval=5",
+                     f"run_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_run_dir(run_dir, steps=20)
+    # stderr is a pipe here, as in a cluster log: plain progress lines every 5 steps.
+    progress = [line for line in result.stderr.splitlines() if line.startswith("distill skew_fkl  step ")]
+    assert [line.split("  ")[1] for line in progress] == ["step 5/20", "step 10/20", "step 15/20", "step 20/20"]
+    assert all(re.search(r"loss \d+\.\d{4}  lr \S+ .* tok/s  elapsed \d:\d\d:\d\d  eta ", line) for line in progress)
     sources = [m["data_source"] for m in read_metrics(run_dir)]
     assert "fresh" in sources and "buffer" in sources
     sizes = [m["buffer_size"] for m in read_metrics(run_dir)]
@@ -169,3 +175,14 @@ def test_teacher_with_a_padded_embedding_distils(tmp_path):
                      "off_policy=none", f"run_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in read_metrics(run_dir))
+
+
+def test_gradient_checkpointing_trains_the_same_steps(tmp_path):
+    losses = {}
+    for flag in ("false", "true"):
+        run_dir = tmp_path / f"checkpointing_{flag}"
+        result = run_cli("sft-student", f"train.gradient_checkpointing={flag}", "train.max_steps=3",
+                         "train.micro_batch_size=8", "train.eval_interval=0", f"run_dir={run_dir}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        losses[flag] = [m["loss"] for m in read_metrics(run_dir)]
+    assert torch.allclose(torch.tensor(losses["true"]), torch.tensor(losses["false"]), rtol=1e-5)

@@ -49,9 +49,10 @@ def load_tokenizer(cfg, role: str = "teacher"):
         name = cfg.model.tokenizer if cfg.model.tokenizer not in ("", "char") else source
         _check_local(name)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.model.trust_remote_code)
         except (OSError, ValueError) as error:
-            raise UserError(f"cannot load the tokenizer of '{name}': {str(error).splitlines()[0]}") from error
+            raise UserError(f"cannot load the tokenizer of '{name}': {_first_line(error)}{_fix_hint(error)}") \
+                from error
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -90,11 +91,26 @@ def load_model(cfg, role: str, tokenizer, *, seed: int | None = None):
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load {role} model '{source}': {str(error).splitlines()[0]} "
-                        "(no hub access here? use a local model directory)") from error
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code,
+                                                     attn_implementation=cfg.model.attn_implementation)
+    except (OSError, ValueError, ImportError) as error:
+        hint = _fix_hint(error) or " (no hub access here? use a local model directory)"
+        raise UserError(f"cannot load {role} model '{source}': {_first_line(error)}{hint}") from error
     return model
+
+
+def _first_line(error: Exception) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
+def _fix_hint(error: Exception) -> str:
+    """The config key that fixes a loading error transformers explains in its own words."""
+    text = str(error)
+    if "trust_remote_code" in text:
+        return "; the model ships its own code: set model.trust_remote_code=true if you trust it"
+    if any(word in text for word in ("attn_implementation", "flash_attn", "sdpa", "FlashAttention")):
+        return "; choose another kernel: model.attn_implementation=sdpa or eager"
+    return ""
 
 
 def load_student(cfg, tokenizer):

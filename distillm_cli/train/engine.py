@@ -57,6 +57,9 @@ def build_engine(model, cfg, runtime: Runtime):
     """The student's DeepSpeed engine: torch AdamW (no JIT op builds) + cosine schedule."""
     import deepspeed
 
+    if cfg.train.gradient_checkpointing:  # non-reentrant: also right for LoRA, whose base weights are frozen
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -214,7 +217,7 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
                          config=OmegaConf.to_container(cfg, resolve=True))
     engine.train()
     last_loss, last_val, started, tokens_seen, skipped = float("nan"), None, time.perf_counter(), 0, 0
-    with progress_bar(description, cfg.train.max_steps, start_step) as bar:
+    with progress_bar(description, cfg.train.max_steps, start_step, every_steps=cfg.train.log_interval) as bar:
         for step in range(start_step, cfg.train.max_steps):
             plan = plan_step(step)
             if runtime.world_size > 1 and "data_source" in plan.info:
@@ -260,7 +263,8 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
                 engine.train()
             runlog.log(record)  # every step: metrics.jsonl is the run's full record
             logger.log(record, step + 1)
-            bar.advance(1, tokens=int(window_tokens), loss=f"{last_loss:.4f}", **(bar_fields() if bar_fields else {}))
+            bar.advance(1, tokens=int(window_tokens), loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}",
+                        **(bar_fields() if bar_fields else {}))
             if cfg.train.save_interval and (step + 1) % cfg.train.save_interval == 0 \
                     and step + 1 < cfg.train.max_steps:
                 save_resume_point(engine, run_dir, step + 1,
