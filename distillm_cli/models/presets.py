@@ -11,15 +11,9 @@ this module first; a name that is no preset passes through unchanged.
   smollm2-student-<l>.<l>...         a Llama of those teacher layers (embeddings, norm, head copied)
   smollm2-student-random-<n>         the same shape with n random-init layers (seeded)
 
-A new family of presets is a new module in models/ plus one entry in PRESET_FAMILIES.
+A new family of presets is a new module in models/, asked here and listed above.
 """
 from __future__ import annotations
-
-PRESET_FAMILIES = {
-    "tiny": "tiny-teacher, tiny-student: random-init GPT-2s built in memory (character tokenizer)",
-    "smollm2": "smollm2-teacher, smollm2-student-<layers>, smollm2-student-random-<n>: "
-               "model directories made once in $DISTILLM_CACHE",
-}
 
 
 def is_in_memory(source: str) -> bool:
