@@ -25,6 +25,7 @@ STAGE_HELP = {
     "distill": "train the student to imitate the teacher (loss=..., off_policy=...)",
     "evaluate": "score teacher and students: ROUGE-L and exact match on held-out prompts",
     "pipeline": "sft-teacher -> sft-student -> generate-student -> distill -> evaluate, one run dir each",
+    "check": "check models and data before a run: vocabulary, chat template, lengths, one example with its mask",
 }
 # Hydra flags that take a value of their own (not an override).
 FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
@@ -57,6 +58,7 @@ def print_help() -> None:
     print("\nexamples:")
     print("  distillm pipeline                                  # the embedded demo, CPU, minutes")
     print("  distillm distill model=gpt2 loss=skew_rkl data=dolly")
+    print("  distillm check model=smollm2 data=hf data.hub_id=./my_chats   # preflight: a table, no run dir")
     print("  distillm distill --cfg job                         # print the composed config")
     print("  distillm distill -m loss=fkl,rkl,skew_rkl          # a sweep, one run dir each")
     print("  deepspeed --num_gpus 2 --no_local_rank --module distillm_cli.cli distill ...")
@@ -147,7 +149,7 @@ def preflight(stage_override: str, args: list[str]) -> None:
                 validate(cfg)
                 check_paths(cfg)
             except UserError as error:
-                report_and_exit(str(error))
+                report_and_exit(error)
             except Exception as error:  # noqa: BLE001 - every composition error is the user's
                 report_and_exit(_explain(error))
     GlobalHydra.instance().clear()
@@ -168,7 +170,7 @@ def hydra_entry(cfg: DictConfig) -> None:
         validate(cfg)
         STAGES[cfg.stage](cfg)
     except UserError as error:
-        report_and_exit(str(error))
+        report_and_exit(error)
 
 
 def main(argv: list[str] | None = None):
@@ -211,6 +213,8 @@ def _main(argv: list[str] | None):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     flags, overrides = split_args(rest)
     # Flags first: Hydra's argument parser wants every override after the last flag.
+    if stage == "check":  # a preflight writes nothing: no run dir, no .hydra, no log file
+        overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     sys.argv = ["distillm", *flags, stage_override, *overrides]
     hydra_entry()
 

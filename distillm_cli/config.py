@@ -12,14 +12,18 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from .data.chat import TRAIN_ON
+from .data.formats import TEMPLATES
 from .data.toy import TASK_FAMILIES
 
-STAGE_NAMES = ("sft-teacher", "sft-student", "generate-student", "distill", "evaluate", "pipeline")
+STAGE_NAMES = ("sft-teacher", "sft-student", "generate-student", "distill", "evaluate", "pipeline", "check")
 LOSS_NAMES = ("fkl", "rkl", "skew_fkl", "skew_rkl", "jsd", "tvd", "distillm2")
 OFF_POLICY_MODES = ("none", "on_policy", "adaptive")
 TOY_TASK_NAMES = tuple(TASK_FAMILIES)
 SCHEDULES = ("decreasing", "constant", "increasing")
 GENERATION_BACKENDS = ("hf",)
+DATA_SOURCES = ("toy", "jsonl", "hf")
+COLUMN_FIELDS = ("instruction", "input", "output", "messages", "conversations", "prompt", "response")
 ATTENTION_KERNELS = ("sdpa", "eager", "flash_attention_2")
 
 
@@ -109,23 +113,38 @@ class OffPolicyConfig:
 
 @dataclass
 class DataConfig:
-    """Instruction data: the built-in toy tasks, a hub dataset, or local jsonl files."""
+    """Instruction data: the built-in toy tasks, local jsonl files, or any Hugging Face dataset."""
 
+    # toy, jsonl (data.path) or hf (data.hub_id: a hub name, a save_to_disk folder, parquet/json/csv files).
     name: str = "toy"
     # data=toy: which task families (distillm_cli/data/toy.py TASK_FAMILIES); empty: the default five.
     toy_tasks: list[str] = field(default_factory=list)
     # data=toy: multiplies the word counts of the word-list tasks; 3 makes answers ~3x longer
     # (scripts/bench_offpolicy.py uses it so that sampling takes the paper's share of a step).
     toy_length: int = 1
-    # jsonl: the training file; records with instruction/input/output (or prompt/response).
+    # jsonl: the training file; records with messages, conversations (ShareGPT),
+    # instruction/input/output or prompt/response.
     path: str = ""
     valid_path: str = ""
     test_path: str = ""
+    # hf: the dataset, its config (subset) and split; the validation split by name, else
+    # the first valid_size rows of hub_split.
     hub_id: str = ""
-    template: str = "compact"
+    hub_config: str = ""
+    hub_split: str = "train"
+    hub_valid_split: str = ""
+    # Field -> column of the dataset, for columns named otherwise: instruction, input,
+    # output, messages, conversations, prompt, response (e.g. data.columns.output=answer).
+    columns: dict[str, str] = field(default_factory=dict)
+    # auto: the tokenizer's chat template when it has one, else alpaca; chat, alpaca, compact.
+    template: str = "auto"
+    # chat: a system turn for records that have none ("" = none added).
+    system_prompt: str = ""
+    # chat: train on the last assistant turn only, or on every assistant turn.
+    train_on: str = "last"
     max_length: int = 512
     max_prompt_length: int = 256
-    # Hub/jsonl data without a validation file: the first valid_size records validate.
+    # Data without a validation file or split: the first valid_size records validate.
     valid_size: int = 1000
     # Which split each stage reads (the toy data has a larger labelled pool for the teacher
     # and unlabelled prompts for teacher generation; real data uses train for both).
@@ -150,7 +169,8 @@ class GenerationConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    max_new_tokens: int = 256
+    # 0: fill the room the data leaves (data.max_length minus the prompt), as the papers do.
+    max_new_tokens: int = 0
     no_repeat_ngram_size: int = 0
     batch_size: int = 32
 
@@ -288,8 +308,9 @@ def validate(cfg) -> None:
     need(cfg.data.max_prompt_length > 0 and cfg.data.max_length > cfg.data.max_prompt_length,
          f"data.max_length={cfg.data.max_length} must be longer than data.max_prompt_length="
          f"{cfg.data.max_prompt_length}, or no response token fits")
-    need(cfg.generation.max_new_tokens > 0, "generation.max_new_tokens must be positive")
     for key, sampling in (("generation", cfg.generation), ("eval.sampling", cfg.eval.sampling)):
+        need(sampling.max_new_tokens >= 0, f"{key}.max_new_tokens={sampling.max_new_tokens} must be 0 "
+             "(fill data.max_length) or positive")
         need(sampling.backend in GENERATION_BACKENDS,
              f"unknown {key}.backend '{sampling.backend}'; choose one of {', '.join(GENERATION_BACKENDS)}")
     need(cfg.generation.batch_size > 0 and cfg.eval.batch_size > 0, "generation/eval batch_size must be positive")
@@ -300,7 +321,16 @@ def validate(cfg) -> None:
          f"'{cfg.model.attn_implementation}'; choose one of {', '.join(ATTENTION_KERNELS)}")
     need(cfg.model.dtype in ("float32", "bfloat16", "float16"),
          f"model.dtype='{cfg.model.dtype}'; choose float32, bfloat16 or float16")
-    need(cfg.data.name in ("toy", "dolly", "jsonl"), f"unknown data '{cfg.data.name}'; choose toy, dolly or jsonl")
+    need(cfg.data.name in DATA_SOURCES, f"unknown data.name '{cfg.data.name}'; choose data= toy, jsonl, hf "
+         "(or a preset such as dolly)")
+    need(cfg.data.template in TEMPLATES, f"unknown data.template '{cfg.data.template}'; choose one of "
+         f"{', '.join(TEMPLATES)}")
+    need(cfg.data.train_on in TRAIN_ON, f"data.train_on='{cfg.data.train_on}'; choose last or all")
+    need(cfg.data.name != "hf" or cfg.data.hub_id, "data=hf needs data.hub_id: a hub dataset name, a folder "
+         "written by save_to_disk, or parquet/json/jsonl/csv files")
+    unknown_fields = sorted(set(cfg.data.columns) - set(COLUMN_FIELDS))
+    need(not unknown_fields, f"data.columns maps unknown field(s) {', '.join(unknown_fields)}; fields are "
+         f"{', '.join(COLUMN_FIELDS)}")
     from .loggers import LOGGER_NAMES
 
     need(cfg.logger.name in LOGGER_NAMES, f"unknown logger '{cfg.logger.name}'; choose logger= one of "
@@ -323,6 +353,13 @@ def check_paths(cfg) -> None:
             value = cfg.data[key]
             if value and not Path(value).is_file():
                 raise UserError(f"data.{key}='{value}' does not exist; point it at a jsonl file")
+    if cfg.data.name == "hf" and cfg.stage != "pipeline":
+        from .data.sources import looks_local
+
+        hub_id = cfg.data.hub_id
+        if looks_local(hub_id) and not Path(hub_id).expanduser().exists():
+            raise UserError(f"data.hub_id='{hub_id}' does not exist; point it at a dataset folder (save_to_disk, "
+                            "or parquet/json/jsonl/csv files) or name a hub dataset")
     if cfg.data.lm_path and not Path(cfg.data.lm_path).is_file():
         raise UserError(f"data.lm_path='{cfg.data.lm_path}' does not exist; point it at a .txt or jsonl file")
     for key in ("teacher_dir", "student_dir"):

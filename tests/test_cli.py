@@ -24,7 +24,8 @@ def test_every_option_of_every_group_composes(compose_cfg):
     assert {"model", "loss", "off_policy", "data", "deepspeed", "generation", "eval"} <= set(groups)
     for group, options in groups.items():
         for option in options:
-            extra = ["data.path=/tmp/x.jsonl"] if (group, option) == ("data", "jsonl") else []
+            extra = {("data", "jsonl"): ["data.path=/tmp/x.jsonl"], ("data", "hf"): ["data.hub_id=/tmp/x"]}.get(
+                (group, option), [])
             cfg = compose_cfg("distill", f"{group}={option}", *extra)
             OmegaConf.resolve(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "run_dir"]))
 

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from distillm_cli.train.contrastive import AlphaCurriculum, beta_at, mean_label_probability, pair_batch, pair_examples
+from distillm_cli.data.formats import build_example
+from distillm_cli.train.contrastive import AlphaCurriculum, beta_at, mean_label_probability, pair_batch
 
 
 def test_beta_rises_linearly_from_beta0_to_one():
@@ -50,8 +51,8 @@ def test_mean_label_probability_matches_a_direct_computation():
 
 
 def test_pair_batch_stacks_teacher_then_student_responses():
-    pairs = [pair_examples([5, 6], [7], [8, 9], eos_id=1, max_length=10),
-             pair_examples([5], [7, 7], [9], eos_id=1, max_length=10)]
+    pairs = [(build_example([5, 6], [7, 1], 10), build_example([5, 6], [8, 9, 1], 10)),
+             (build_example([5], [7, 7, 1], 10), build_example([5], [9, 1], 10))]
     batch = pair_batch(pairs, pad_id=0)
     assert int(batch["pairs"]) == 2 and batch["input_ids"].shape[0] == 4
     assert batch["input_ids"][0, :4].tolist() == [5, 6, 7, 1]

@@ -11,8 +11,8 @@ from distillm_cli.errors import UserError
 
 
 def test_labels_cover_exactly_the_response_tokens_including_eos():
-    prompt, response, eos = [5, 6, 7], [8, 9], 1
-    example = build_example(prompt, response, eos, max_length=100)
+    prompt, response = [5, 6, 7], [8, 9, 1]
+    example = build_example(prompt, response, max_length=100)
     assert example.input_ids.tolist() == [5, 6, 7, 8, 9, 1]
     # position t predicts token t+1: the last prompt position predicts the first response token
     assert example.labels.tolist() == [IGNORE, IGNORE, 8, 9, 1, IGNORE]
@@ -20,20 +20,23 @@ def test_labels_cover_exactly_the_response_tokens_including_eos():
     assert counted == [8, 9, 1]
 
 
-def test_generated_response_keeps_its_own_eos_once():
-    example = build_example([5, 6], [8, 1], eos_id=1, max_length=100)
+def test_a_response_is_labelled_as_given_no_end_token_invented():
+    example = build_example([5, 6], [8, 1], max_length=100)
     assert example.input_ids.tolist() == [5, 6, 8, 1]
     assert (example.labels != IGNORE).sum() == 2
+    truncated = build_example([5, 6], [8, 9], max_length=100)  # cut by the length limit: no EOS added
+    assert truncated.input_ids.tolist() == [5, 6, 8, 9]
+    assert truncated.labels.tolist() == [IGNORE, 8, 9, IGNORE]
 
 
 def test_long_samples_are_cut_at_max_length():
-    example = build_example([5, 6, 7], [8, 9, 10, 11], eos_id=1, max_length=5)
+    example = build_example([5, 6, 7], [8, 9, 10, 11, 1], max_length=5)
     assert len(example.input_ids) == 5
     assert example.labels.tolist() == [IGNORE, IGNORE, 8, 9, IGNORE]
 
 
 def test_collate_right_pads_and_left_pad_for_generation():
-    a, b = build_example([5], [8], 1, 10), build_example([5, 6, 7], [8, 9], 1, 10)
+    a, b = build_example([5], [8, 1], 10), build_example([5, 6, 7], [8, 9, 1], 10)
     batch = collate([a, b], pad_id=0)
     assert batch["input_ids"].shape == (2, 6)
     assert batch["attention_mask"].sum(1).tolist() == [3, 6]
@@ -72,10 +75,10 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         read_jsonl(tmp_path / "missing.jsonl")
     path.write_text('{"text": "no instruction"}\n')
-    with pytest.raises(UserError, match="neither 'instruction' nor 'prompt'"):
+    with pytest.raises(UserError, match="none of 'messages', 'conversations', 'instruction' or 'prompt'"):
         read_jsonl(path)
 
 
 def test_dtype_of_examples():
-    example = build_example([1, 2], [3], 0, 8)
+    example = build_example([1, 2], [3, 0], 8)
     assert example.input_ids.dtype == torch.long and example.labels.dtype == torch.long

@@ -40,12 +40,12 @@ def save_model(path, tokenizer, nan: bool = False):
 @pytest.mark.parametrize("case, make_args, expected", [
     ("missing data file", lambda d: ["data=jsonl", f"data.path={d / 'none.jsonl'}"], "does not exist"),
     ("malformed jsonl line", lambda d: [
-        "data=jsonl", "data.valid_size=1",
+        "data=jsonl", "data.valid_size=1", "data.max_length=256", "data.max_prompt_length=128",
         f"data.path={jsonl(d / 'bad.jsonl', [{'instruction': 'a', 'output': 'b'}, '{oops'])}"],
      "bad.jsonl:2: not valid JSON"),
     ("empty dataset", lambda d: ["data=jsonl", f"data.path={jsonl(d / 'empty.jsonl', [])}"], "holds no records"),
     ("records without a response", lambda d: [
-        "data=jsonl", "data.valid_size=1",
+        "data=jsonl", "data.valid_size=1", "data.max_length=256", "data.max_prompt_length=128",
         f"data.path={jsonl(d / 'noresp.jsonl', [{'instruction': 'a'}, {'instruction': 'b', 'output': 'c'}])}"],
      "have no response"),
     ("model path that does not exist", lambda d: [f"teacher_dir={d / 'nothing'}"], "does not exist"),

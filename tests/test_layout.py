@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from distillm_cli.config import Config, GenerationConfig
 from distillm_cli.errors import UserError
 from distillm_cli.generation import make_generator
-from distillm_cli.generation.hf import generate
+from distillm_cli.generation.hf import generate, sampling_settings
 from distillm_cli.models.loading import response_logits
 from distillm_cli.models.tiny import build_char_tokenizer, build_tiny_model
 from distillm_cli.runtime import Runtime
@@ -128,8 +128,9 @@ def test_generator_keeps_prompt_and_response_within_max_length():
     generator = make_generator(model, sampling, tokenizer, max_length=longest + 5)
     responses = generator.generate(prompts, seed=3)
     assert all(len(r) <= 5 for r in responses)
-    assert responses == generate(model, prompts, sampling, eos_id=tokenizer.eos_token_id,
-                                 pad_id=tokenizer.pad_token_id, seed=3, max_new_tokens=5)
+    settings = sampling_settings(sampling, max_new_tokens=5, stop_ids=[tokenizer.eos_token_id],
+                                 pad_id=tokenizer.pad_token_id)
+    assert responses == generate(model, prompts, settings, seed=3, batch_size=32)
     assert generator.generate(prompts, seed=3) == responses
 
 

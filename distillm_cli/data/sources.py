@@ -1,4 +1,5 @@
-"""Where records come from: the built-in toy tasks, local jsonl files, a hub dataset, the
+"""Where records come from: the built-in toy tasks, local jsonl files, any Hugging Face
+dataset (hub name, save_to_disk folder, parquet/json/jsonl/csv files), the
 generations.jsonl of generate-student, and plain text for the LM term. `load_split` is
 the one entry point the stages use; a new data source is a new branch of it here.
 """
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .formats import IGNORE, Example, encode_record, normalise_record
+from .formats import IGNORE, Example, normalise_record, record_format
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -33,15 +34,94 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
-def _load_dolly(cfg) -> list[dict]:
-    try:
-        import datasets
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
-        rows = datasets.load_dataset(cfg.data.hub_id, split="train")
+
+def looks_local(name: str) -> bool:
+    """A path the user meant (it need not exist), as opposed to a hub name such as org/dataset."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix in DATA_FILE_BUILDERS
+
+
+def _local_files(path: Path) -> tuple[str, list[str]]:
+    """The datasets builder and data files of a file, or of a folder of same-format files."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in DATA_FILE_BUILDERS)
+    kinds = {DATA_FILE_BUILDERS.get(p.suffix) for p in files}
+    if not files or None in kinds:
+        raise UserError(f"data.hub_id='{path}' is neither a save_to_disk folder nor parquet/json/jsonl/csv "
+                        "files; point it at one of those")
+    if len(kinds) > 1:
+        raise UserError(f"data.hub_id='{path}' mixes file formats ({', '.join(sorted(kinds))}); keep one per folder")
+    return kinds.pop(), [str(p) for p in files]
+
+
+def open_hf_dataset(data):
+    """The dataset of data.hub_id: a save_to_disk folder, local data files, or a hub dataset."""
+    import datasets
+
+    name, path = data.hub_id, Path(data.hub_id).expanduser()
+    if path.exists():
+        if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+            return datasets.load_from_disk(str(path))
+        builder, files = _local_files(path)
+        return datasets.load_dataset(builder, data_files=files)  # one "train" split
+    if looks_local(name):
+        raise UserError(f"data.hub_id='{name}' does not exist; point it at a dataset folder or file")
+    try:
+        return datasets.load_dataset(name, data.hub_config or None)
     except Exception as error:  # noqa: BLE001 - any hub failure gets the same advice
-        raise UserError(f"cannot load '{cfg.data.hub_id}' from the hub ({type(error).__name__}); "
-                        "without internet use data=jsonl data.path=<file>") from error
-    return [normalise_record(dict(row), f"{cfg.data.hub_id}[{i}]") for i, row in enumerate(rows)]
+        raise UserError(f"cannot load '{name}' from the hub ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:160] if str(error) else ''}); offline, point data.hub_id "
+                        "at a local folder (save_to_disk, or parquet/json/jsonl/csv files)") from error
+
+
+def _split(dataset, name: str, hub_id: str):
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        if name not in ("train", ""):
+            raise UserError(f"data.hub_id='{hub_id}' holds one split; set data.hub_split=train "
+                            "(and no data.hub_valid_split)")
+        return dataset
+    if name not in dataset:
+        raise UserError(f"data.hub_id='{hub_id}' has no split '{name}'; choose data.hub_split / "
+                        f"data.hub_valid_split from {', '.join(dataset)}")
+    return dataset[name]
+
+
+def _check_columns(table, data, label: str) -> None:
+    missing = sorted(c for c in dict(data.columns).values() if c not in table.column_names)
+    if missing:
+        raise UserError(f"data.columns names column(s) {', '.join(missing)} that {label} does not have; its columns "
+                        f"are {', '.join(table.column_names)}")
+
+
+def _rows(table, data, label: str) -> list[dict]:
+    """Records of a dataset split, with data.columns renaming columns onto record fields."""
+    columns = dict(data.columns)
+    records = []
+    for index, row in enumerate(table):
+        row = dict(row)
+        for field_name, column in columns.items():
+            row[field_name] = row.pop(column)
+        records.append(normalise_record(row, f"{label}[{index}]"))
+    return records
+
+
+def load_hf_records(data, split: str) -> list[dict]:
+    """data=hf: the training rows of hub_split, or the validation rows for valid/test."""
+    dataset = open_hf_dataset(data)
+    if split in ("valid", "test") and data.hub_valid_split:
+        table = _split(dataset, data.hub_valid_split, data.hub_id)
+        _check_columns(table, data, f"{data.hub_id}:{data.hub_valid_split}")
+        return _rows(table, data, f"{data.hub_id}:{data.hub_valid_split}")
+    table = _split(dataset, data.hub_split, data.hub_id)
+    _check_columns(table, data, f"{data.hub_id}:{data.hub_split}")
+    held_out = 0 if data.hub_valid_split else data.valid_size
+    if held_out >= len(table):
+        raise UserError(f"data.valid_size={data.valid_size} leaves no training rows of the {len(table)} in "
+                        f"'{data.hub_id}'; set a smaller data.valid_size or data.hub_valid_split=<split>")
+    rows = range(held_out) if split in ("valid", "test") else range(held_out, len(table))
+    return _rows(table.select(rows), data, f"{data.hub_id}:{data.hub_split}")
 
 
 def load_split(cfg, split: str, *, need_responses: bool = True) -> list[dict]:
@@ -54,20 +134,18 @@ def load_split(cfg, split: str, *, need_responses: bool = True) -> list[dict]:
         if split not in splits:
             raise UserError(f"the toy data has no split '{split}'; choose one of {', '.join(splits)}")
         records = splits[split]
-    else:
-        if data.name == "jsonl":
-            everything = read_jsonl(data.path)
-            explicit = {"valid": data.valid_path, "test": data.test_path or data.valid_path}
-            if explicit.get(split):
-                records = read_jsonl(explicit[split])
-            elif split in ("valid", "test"):
-                records = everything[: data.valid_size]
-            else:
-                records = everything[data.valid_size:] if not data.valid_path and len(everything) > data.valid_size \
-                    else everything
+    elif data.name == "jsonl":
+        everything = read_jsonl(data.path)
+        explicit = {"valid": data.valid_path, "test": data.test_path or data.valid_path}
+        if explicit.get(split):
+            records = read_jsonl(explicit[split])
+        elif split in ("valid", "test"):
+            records = everything[: data.valid_size]
         else:
-            everything = _load_dolly(cfg)
-            records = everything[: data.valid_size] if split in ("valid", "test") else everything[data.valid_size:]
+            records = everything[data.valid_size:] if not data.valid_path and len(everything) > data.valid_size \
+                else everything
+    else:
+        records = load_hf_records(data, split)
     if data.max_examples:
         records = records[: data.max_examples]
     if not records:
@@ -75,22 +153,26 @@ def load_split(cfg, split: str, *, need_responses: bool = True) -> list[dict]:
     if need_responses:
         missing = sum(1 for r in records if not r.get("output"))
         if missing:
-            raise UserError(f"{missing} of {len(records)} records in split '{split}' have no response "
-                            "(output/response); training needs one per record")
+            raise UserError(f"{missing} of {len(records)} records in split '{split}' have no response (an "
+                            "assistant turn, or output/response); training needs one per record")
     return records
 
 
 def encode_split(cfg, tokenizer, split: str) -> list[Example]:
-    return [encode_record(tokenizer, record, cfg) for record in load_split(cfg, split)]
+    fmt = record_format(cfg, tokenizer)
+    return [fmt.encode(record) for record in load_split(cfg, split)]
 
 
 def read_generations(path: str | Path, tokenizer, cfg) -> list[Example]:
-    """Training examples from a generate-student generations.jsonl (prompt + response)."""
+    """Training examples from a generate-student generations.jsonl (prompt + response).
+
+    A response the length limit cut off (truncated: true) is trained on without an end token.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "generations.jsonl"
-    records = read_jsonl(path)
-    return [encode_record(tokenizer, record, cfg) for record in records if record.get("output") is not None]
+    fmt = record_format(cfg, tokenizer)
+    return [fmt.encode(record) for record in read_jsonl(path) if record.get("output") is not None]
 
 
 def read_lm_blocks(path: str | Path, tokenizer, block: int) -> list[Example]:

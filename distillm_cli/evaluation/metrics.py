@@ -3,7 +3,10 @@
 ROUGE-L follows the DistiLLM / DistiLLM-2 evaluation protocol (METHOD.md §3):
 ROUGE-L F-measure with Porter stemming (the ``rouge_score`` package), the
 maximum over a prediction's references, ×100, averaged over predictions.
-Seeds are then summarised as mean ± sample standard deviation.
+Exact match uses the same answer normalisation as the authors'
+``rouge_metric.py`` (SQuAD v1.1 without article removal, see
+:func:`normalize_answer`), also maxed over references. Seeds are then
+summarised as mean ± sample standard deviation.
 
 Pure functions: no file I/O, no global state except the cached scorer.
 """
@@ -12,12 +15,14 @@ from __future__ import annotations
 
 import functools
 import math
+import string
 from collections.abc import Sequence
 
 __all__ = [
     "cut_at_eos",
     "exact_match",
     "mean_std",
+    "normalize_answer",
     "rouge_l",
     "summarize_scores",
 ]
@@ -74,8 +79,30 @@ def rouge_l(
     return total / len(predictions)
 
 
-def _normalize_ws(text: str) -> str:
-    return " ".join(text.split())
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Normalise an answer string the way the DistiLLM / MiniLLM evaluation does.
+
+    This is the SQuAD v1.1 ``normalize_answer`` *without* article removal, as
+    in the authors' ``rouge_metric.py``, applied in this order:
+
+    1. lower case (``str.lower``);
+    2. delete every character in ``string.punctuation`` (the 32 ASCII
+       punctuation characters ``!"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~``), so
+       ``"don't"`` becomes ``"dont"`` and ``"state-of-the-art"`` becomes
+       ``"stateoftheart"``;
+    3. collapse whitespace: ``" ".join(text.split())``.
+
+    Articles ("a", "an", "the") are kept. Non-ASCII punctuation such as
+    ``"\u2019"`` (right single quote), ``"\u2014"`` (em dash) or ``"\u3002"``
+    is not in ``string.punctuation`` and is therefore kept, exactly as the
+    authors' code keeps it.
+    """
+    lowered = text.lower()
+    no_punct = "".join(ch for ch in lowered if ch not in _PUNCTUATION)
+    return " ".join(no_punct.split())
 
 
 def exact_match(
@@ -83,17 +110,24 @@ def exact_match(
 ) -> float:
     """Fraction in [0, 1] of predictions equal to any of their references.
 
-    Both sides are stripped and runs of whitespace collapsed to one space
-    before comparing; the comparison is otherwise exact (case-sensitive).
-    Empty ``predictions`` gives 0.0; a length mismatch raises ValueError.
+    EM = (1/N) * sum_i max_{r in refs_i} [normalize_answer(pred_i) == normalize_answer(r)]
+
+    where :func:`normalize_answer` is the SQuAD v1.1 normalisation without
+    article removal (lower case, drop ``string.punctuation``, collapse
+    whitespace), as in the DistiLLM / MiniLLM ``rouge_metric.py``; the max
+    over references is that code's ``metric_max_over_ground_truths``.
+    ``references[i]`` is the list of references of ``predictions[i]`` (a bare
+    string is accepted as a single reference). Multiply by 100 for the
+    papers' percentage. Empty ``predictions`` gives 0.0; a length mismatch or
+    a prediction with no references raises ValueError.
     """
     _check_lengths(predictions, references)
     if not predictions:
         return 0.0
     hits = 0
     for i, (pred, refs) in enumerate(zip(predictions, references)):
-        norm = _normalize_ws(pred)
-        if any(norm == _normalize_ws(ref) for ref in _as_reference_list(refs, i)):
+        norm = normalize_answer(pred)
+        if any(norm == normalize_answer(ref) for ref in _as_reference_list(refs, i)):
             hits += 1
     return hits / len(predictions)
 

@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = report(args.paths, out=args.out)
     except UserError as error:
-        report_and_exit(str(error))
+        report_and_exit(error)
     if result["unfinished"]:
         print(f"note: skipped {len(result['unfinished'])} folder(s) without summary.json (unfinished or failed): "
               + ", ".join(result["unfinished"]), file=sys.stderr)

@@ -5,11 +5,15 @@ student samples inside distill, DistiLLM-2's regeneration and evaluate all ask a
 `Generator` built here:
 
     generator = make_generator(model, cfg.generation, tokenizer, max_length=cfg.data.max_length)
-    responses = generator.generate(prompt_ids, seed=seed)   # token ids, each ending in EOS if it ended
+    responses = generator.generate(prompt_ids, seed=seed)   # token ids, each with the end token it stopped at
+    generator.finished(response)                            # False: cut by the length limit (truncated)
 
-A response has at most `gen_cfg.max_new_tokens` tokens and never makes prompt + response
-longer than `max_length`. The same seed gives the same responses; the caller's random
-state is left alone. Backends (generation.backend):
+A response has at most `gen_cfg.max_new_tokens` tokens (0: as many as fit) and never
+makes prompt + response longer than `max_length`. It stops at any of the model's end
+tokens and never samples an id beyond the tokenizer (stops.py). Only the config's
+sampling settings apply, nothing from the model's own generation_config. The same seed
+gives the same responses; the caller's random state is left alone. Backends
+(generation.backend):
 
     hf.py      transformers `generate` on the model in this process
 
@@ -25,6 +29,14 @@ from .hf import HFGenerator
 
 
 class Generator(Protocol):
+    stop_ids: list[int]  # every token id a response may end with
+
+    def finished(self, response: list[int]) -> bool:
+        """Whether the response ended with an end token (False: the length limit cut it)."""
+
+    def settings(self, prompts: list[list[int]]) -> dict:
+        """The exact sampling settings a call on these prompts uses (written beside the outputs)."""
+
     def generate(self, prompts: list[list[int]], *, seed: int, batch_size: int | None = None,
                  on_batch=None) -> list[list[int]]:
         """One response per prompt (batches of `batch_size`, default gen_cfg.batch_size);

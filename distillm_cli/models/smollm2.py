@@ -221,4 +221,4 @@ if __name__ == "__main__":  # `python -m distillm_cli.smollm2 [PRESET ...]`: mak
         for preset in sys.argv[1:] or [TEACHER_PRESET]:
             print(resolve(preset))
     except UserError as error:
-        report_and_exit(str(error))
+        report_and_exit(error)

@@ -5,6 +5,7 @@
     distill                    distill.py (DistiLLM), or distill_contrastive.py with loss=distillm2 (DistiLLM-2)
     evaluate                   evaluate.py
     pipeline                   pipeline.py (every stage in order, through this table)
+    check                      check.py (the preflight every other stage runs first, shown as a table)
 """
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ import importlib
 DISTILL_RECIPES = {"distillm2": "distill_contrastive"}
 
 
-def _lazy(module: str):
+def _lazy(module: str, preflight: bool = True):
     def run(cfg):
+        if preflight:  # the checks of `distillm check`, before any work (checks.py)
+            from ..checks import enforce
+
+            enforce(cfg)
         return importlib.import_module(f"distillm_cli.stages.{module}").run(cfg)
 
     return run
@@ -31,5 +36,6 @@ STAGES = {
     "generate-student": _lazy("generate_student"),
     "distill": _distill,
     "evaluate": _lazy("evaluate"),
-    "pipeline": _lazy("pipeline"),
+    "pipeline": _lazy("pipeline", preflight=False),  # each of its stages runs its own checks
+    "check": _lazy("check", preflight=False),
 }

@@ -34,7 +34,7 @@ def run(cfg) -> dict:
     tokenizer = load_shared_tokenizer(cfg)
     teacher = load_teacher(cfg, tokenizer, runtime)
     student = load_student(cfg, tokenizer)
-    vocab, pad, eos = vocab_size(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id
+    vocab, pad = vocab_size(tokenizer), tokenizer.pad_token_id
     mb = cfg.train.micro_batch_size
 
     train_examples = encode_split(cfg, tokenizer, cfg.data.train_split)
@@ -67,7 +67,8 @@ def run(cfg) -> dict:
             elif source == "fresh":
                 prompts = [e.input_ids[:e.prompt_len].tolist() for e in stream.next()]
                 seed = (cfg.seed * 7919 + step) * 64 + micro + 1000 * runtime.rank
-                examples = [build_example(p, r, eos, cfg.data.max_length)
+                # Each response keeps the end token it stopped at; one cut by the limit has none.
+                examples = [build_example(p, r, cfg.data.max_length)
                             for p, r in zip(prompts, sampler.generate(prompts, seed=seed))]
                 schedule.buffer.push([vars(e) for e in examples])
             else:

@@ -42,7 +42,7 @@ def run(cfg) -> dict:
     tokenizer = load_shared_tokenizer(cfg)
     teacher = load_teacher(cfg, tokenizer, runtime)
     student = load_student(cfg, tokenizer)
-    vocab, pad, eos = vocab_size(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id
+    vocab, pad = vocab_size(tokenizer), tokenizer.pad_token_id
     mb = cfg.train.micro_batch_size
 
     pairs = read_pairs(cfg.generations, tokenizer, cfg)
@@ -69,7 +69,7 @@ def run(cfg) -> dict:
         """Batched on-policy: new student responses for every pair, the same on every rank."""
         prompts = [t.input_ids[:t.prompt_len].tolist() for t, _ in stream.items]
         responses = sampler.generate(prompts, seed=cfg.seed * 7919 + step)
-        stream.items = [(t, build_example(p, r, eos, cfg.data.max_length))
+        stream.items = [(t, build_example(p, r, cfg.data.max_length))
                         for (t, _), p, r in zip(stream.items, prompts, responses)]
 
     def plan_step(step: int) -> StepPlan:

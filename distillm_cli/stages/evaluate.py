@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..data.batches import fixed_batches
-from ..data.formats import encode_prompt, prompt_text
+from ..data.formats import record_format, references
 from ..data.sources import encode_split, load_split, read_jsonl
 from ..errors import UserError
 from ..evaluation.metrics import exact_match, rouge_l, summarize_scores
@@ -73,23 +73,24 @@ def run(cfg) -> dict:
             tokenizer = load_tokenizer(sub, "student")
             model = load_model(sub, "student", tokenizer).to(runtime.device).eval()
             generator = make_generator(model, cfg.eval.sampling, tokenizer, max_length=cfg.data.max_length)
+            fmt = record_format(cfg, tokenizer)
             results[name] = {"source": source, "sets": {}}
             started = time.perf_counter()
             for set_name, records in sets.items():
-                prompts = [encode_prompt(tokenizer, prompt_text(r, cfg.data.template), cfg.data.max_prompt_length)
-                           for r in records]
-                references = [[r["output"]] for r in records]
+                prompts = [fmt.prompt_ids(r) for r in records]
+                refs = [references(r["output"]) for r in records]  # several references: the best one counts
+                results[name].setdefault("sampling", generator.settings(prompts))
                 per_seed = []
                 with progress_bar(f"evaluate {name} on {set_name}", len(prompts) * len(cfg.eval.seeds)) as bar:
                     for seed in cfg.eval.seeds:
                         responses = generator.generate(prompts, seed=seed, batch_size=cfg.eval.batch_size,
                                                        on_batch=lambda n, tokens: bar.advance(n, tokens=tokens))
                         texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in responses]
-                        per_seed.append({"rouge_l": rouge_l(texts, references),
-                                         "exact_match": 100.0 * exact_match(texts, references)})
+                        per_seed.append({"rouge_l": rouge_l(texts, refs),
+                                         "exact_match": 100.0 * exact_match(texts, refs)})
                         for record, text in zip(records, texts):
                             out.write(json.dumps({"model": name, "set": set_name, "seed": seed,
-                                                  "prompt": prompt_text(record, cfg.data.template),
+                                                  "prompt": fmt.prompt_text(record),
                                                   "prediction": text, "reference": record["output"]}) + "\n")
                 results[name]["sets"][set_name] = summarize_scores(per_seed)
             if cfg.eval.teacher:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..data.batches import collate
-from ..data.formats import IGNORE, Example, build_example, encode_prompt
+from ..data.formats import IGNORE, Example, record_format
 from ..errors import UserError
 
 
@@ -77,12 +77,6 @@ def pair_batch(pairs: list[tuple[Example, Example]], pad_id: int) -> dict[str, t
     return batch
 
 
-def pair_examples(prompt_ids: list[int], teacher_ids: list[int], student_ids: list[int], eos_id: int,
-                  max_length: int) -> tuple[Example, Example]:
-    return (build_example(prompt_ids, teacher_ids, eos_id, max_length),
-            build_example(prompt_ids, student_ids, eos_id, max_length))
-
-
 def read_pairs(path: str, tokenizer, cfg) -> list[tuple[Example, Example]]:
     """(teacher-response, student-response) examples from a pairs generations.jsonl."""
     path = Path(path)
@@ -90,13 +84,15 @@ def read_pairs(path: str, tokenizer, cfg) -> list[tuple[Example, Example]]:
     if not path.is_file():
         raise UserError(f"loss=distillm2 needs response pairs: generations='{path}' does not exist; run "
                         "`distillm generate-student generate.pairs=true` first (or experiment=distillm2)")
+    fmt = record_format(cfg, tokenizer)
     pairs = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         record = json.loads(line)
         if "teacher_response" not in record or "student_response" not in record:
             raise UserError(f"{path}:{number}: not a response pair; make it with generate.pairs=true")
-        prompt = encode_prompt(tokenizer, record["prompt"], cfg.data.max_prompt_length)
-        ids = [tokenizer(record[k], add_special_tokens=False)["input_ids"]
-               for k in ("teacher_response", "student_response")]
-        pairs.append(pair_examples(prompt, ids[0], ids[1], tokenizer.eos_token_id, cfg.data.max_length))
+        # Both responses of a prompt; one the length limit cut off (truncated) gets no end token.
+        teacher, student = (fmt.encode({"prompt": record["prompt"], "output": record[f"{role}_response"],
+                                        "truncated": record.get(f"{role}_truncated", False)})
+                            for role in ("teacher", "student"))
+        pairs.append((teacher, student))
     return pairs
