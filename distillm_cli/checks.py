@@ -171,6 +171,8 @@ def check_example(findings: Findings, cfg, tokenizer) -> None:
         end = tokenizer.convert_ids_to_tokens(fmt.end_id)
         if last_target == [fmt.end_id]:
             findings.ok("end of turn", f"the response ends with {end!r}")
+        elif record.get("truncated"):
+            findings.note("end of turn", "this generated response was cut by the length limit: no end token")
         elif len(example.input_ids) >= cfg.data.max_length:
             findings.note("end of turn", f"cut by data.max_length={cfg.data.max_length} before {end!r}")
         else:
