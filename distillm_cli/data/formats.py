@@ -197,22 +197,12 @@ class RecordFormat:
             piece = self.tokens(text)
             ids += piece
             trained += [learn] * len(piece)
-        prompt_len = len(ids) - _last_run(trained)
+        prompt_len = len(ids) - len(piece)  # the last piece is the last reply: generation answers there
         cut = max(0, prompt_len - self.max_prompt_length)  # a long prompt keeps its end
         return example_from_pieces(ids[cut:], trained[cut:], prompt_len - cut, self.max_length)
 
     def describe(self) -> str:
         return f"{self.template} (responses end with {self.tokenizer.convert_ids_to_tokens(self.end_id)!r})"
-
-
-def _last_run(trained: list[bool]) -> int:
-    """Length of the final run of trained tokens (the last response)."""
-    count = 0
-    for learn in reversed(trained):
-        if not learn:
-            break
-        count += 1
-    return count
 
 
 def record_format(cfg, tokenizer) -> RecordFormat:

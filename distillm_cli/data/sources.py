@@ -109,19 +109,16 @@ def _rows(table, data, label: str) -> list[dict]:
 
 def load_hf_records(data, split: str) -> list[dict]:
     """data=hf: the training rows of hub_split, or the validation rows for valid/test."""
-    dataset = open_hf_dataset(data)
-    if split in ("valid", "test") and data.hub_valid_split:
-        table = _split(dataset, data.hub_valid_split, data.hub_id)
-        _check_columns(table, data, f"{data.hub_id}:{data.hub_valid_split}")
-        return _rows(table, data, f"{data.hub_id}:{data.hub_valid_split}")
-    table = _split(dataset, data.hub_split, data.hub_id)
-    _check_columns(table, data, f"{data.hub_id}:{data.hub_split}")
-    held_out = 0 if data.hub_valid_split else data.valid_size
-    if held_out >= len(table):
-        raise UserError(f"data.valid_size={data.valid_size} leaves no training rows of the {len(table)} in "
-                        f"'{data.hub_id}'; set a smaller data.valid_size or data.hub_valid_split=<split>")
-    rows = range(held_out) if split in ("valid", "test") else range(held_out, len(table))
-    return _rows(table.select(rows), data, f"{data.hub_id}:{data.hub_split}")
+    validating, separate = split in ("valid", "test"), bool(data.hub_valid_split)
+    name = data.hub_valid_split if validating and separate else data.hub_split
+    table, label = _split(open_hf_dataset(data), name, data.hub_id), f"{data.hub_id}:{name}"
+    _check_columns(table, data, label)
+    if not separate:  # the first valid_size rows validate, the rest train
+        if data.valid_size >= len(table):
+            raise UserError(f"data.valid_size={data.valid_size} leaves no training rows of the {len(table)} in "
+                            f"'{data.hub_id}'; set a smaller data.valid_size or data.hub_valid_split=<split>")
+        table = table.select(range(data.valid_size) if validating else range(data.valid_size, len(table)))
+    return _rows(table, data, label)
 
 
 def load_split(cfg, split: str, *, need_responses: bool = True) -> list[dict]:
