@@ -399,6 +399,77 @@ def test_backward_scales_by_the_incoming_gradient():
 
 
 # ----------------------------------------------------------------------------
+# Half-precision students: the loss scale meets the gradient in float32
+# ----------------------------------------------------------------------------
+
+
+def torch_ref_per_position(name, s, t, alpha=0.1, beta=0.5):
+    """Divergence per position [B, T] by plain torch ops (autograd differentiates it), any float dtype."""
+    lq, lp = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
+    q, p = lq.exp(), lp.exp()
+    if name == "fkl":
+        return (p * (lp - lq)).sum(-1)
+    if name == "skew_rkl":
+        return (q * (lq - torch.log(alpha * q + (1 - alpha) * p))).sum(-1)
+    if name == "jsd":
+        log_m = torch.log(beta * p + (1 - beta) * q)
+        return beta * (p * (lp - log_m)).sum(-1) + (1 - beta) * (q * (lq - log_m)).sum(-1)
+    raise ValueError(name)
+
+
+def _fused_and_autograd_grads(name, dtype, teacher_dtype, incoming, normalizer, kd_ratio=0.9):
+    """Gradients of (kd_objective · incoming) w.r.t. half-precision student logits, fused and by autograd.
+
+    The reference upcasts the same half logits to float32, forms the objective by
+    plain torch ops and back-propagates the same incoming gradient. Returns (fused
+    [student dtype], reference float32, autograd's own [reference rounded once to
+    the student dtype, which is what autograd through ``.float()`` hands back]).
+    """
+    B, T, V = 2, 24, 2048
+    gen = torch.Generator().manual_seed(40)
+    s = (torch.randn(B, T, V, generator=gen) * 3).to(dtype)
+    t = (torch.randn(B, T, V, generator=gen) * 3).to(teacher_dtype)
+    labels = torch.randint(0, V, (B, T), generator=gen)
+    labels[0, :5] = labels[1, -3:] = -100  # prompt and padding rows: the gather / scatter path
+    x = s.clone().requires_grad_()
+    objective, _ = kd_objective(x, t, labels, loss=name, kd_ratio=kd_ratio, normalizer=normalizer)
+    (objective * incoming).backward()
+
+    r = s.float().requires_grad_()
+    keep = labels != -100
+    div = torch_ref_per_position(name, r, t.float())[keep].sum()
+    ce = F.cross_entropy(r[keep], labels[keep], reduction="sum")
+    ((kd_ratio * div + (1 - kd_ratio) * ce) / normalizer * incoming).backward()
+    return x.grad, r.grad, r.grad.to(dtype)
+
+
+@pytest.mark.parametrize("name", ["skew_rkl", "fkl", "jsd"])
+@pytest.mark.parametrize("dtype, teacher_dtype, incoming", [
+    # DeepSpeed's fp16 loss scale: 2^16 at the start (inf in fp16 itself), 2^15 after one overflow.
+    (torch.float16, torch.float16, 2.0**16), (torch.float16, torch.float16, 2.0**15),
+    # bf16 has no loss scale; a weight that is not a power of two (e.g. 1/grad_accum at 3) would
+    # round a bf16 gradient twice.
+    (torch.bfloat16, torch.float32, 1.0 / 3.0),
+], ids=["fp16-scale2^16", "fp16-scale2^15", "bf16-weight1/3"])
+def test_half_precision_gradient_matches_float32_autograd(name, dtype, teacher_dtype, incoming):
+    # 4096 tokens in the window: per-entry gradients of 1e-7..1e-10 before the scale, most of them below
+    # fp16's smallest subnormal (6e-8), i.e. 0 if stored in fp16 before the scale is applied.
+    fused, ref, auto = _fused_and_autograd_grads(name, dtype, teacher_dtype, incoming, normalizer=4096.0)
+    assert fused.dtype == dtype and bool(torch.isfinite(fused).all())
+    nonzero = ref != 0
+    flushed = float(((fused == 0) & nonzero).sum() / nonzero.sum())
+    flushed_by_autograd = float(((auto == 0) & nonzero).sum() / nonzero.sum())
+    assert flushed < 0.01 and flushed <= flushed_by_autograd + 1e-3, (flushed, flushed_by_autograd)
+    # Rounded once from float32, like autograd: half an ulp (2^-11 fp16, 2^-8 bf16) plus float32 noise,
+    # absolute: half fp16's subnormal spacing, and float32 noise on entries that are a cancellation.
+    half_ulp = torch.finfo(dtype).eps / 2
+    atol = max(2.0**-25 if dtype == torch.float16 else 0.0, 1e-6 * float(ref.abs().max()))
+    assert torch.allclose(fused.float(), ref, rtol=1.1 * half_ulp, atol=atol)
+    # ... and so the very same half values as autograd's, but for a few float32 rounding ties.
+    assert float((fused != auto).float().mean()) < 0.01
+
+
+# ----------------------------------------------------------------------------
 # The mixture gradient (DistiLLM) and its detached variant (DistiLLM-2)
 # ----------------------------------------------------------------------------
 

@@ -35,12 +35,21 @@ rows, further capped so that one [rows, V] work array stays within
 ``CHUNK_BYTES`` (32 MiB on CPU, 256 MiB on accelerators). For each chunk the
 loss *and* its analytic gradient with respect to the student logits are formed
 at once, and the gradient is written into one buffer shaped like the student
-logits (student dtype; rows of masked positions are 0). Backward hands that
-buffer on (scaled when the incoming gradient is not 1). So beyond the logits
-and that buffer, which is the gradient autograd would hold anyway, only 2–4
-chunk-sized work arrays exist; they are allocated once per call and reused by
-every chunk (on CPU a fresh allocation per chunk costs page faults). With a
-student that does not require grad (evaluation) no buffer is made. Measured on
+logits (rows of masked positions are 0). For float32 / float64 students the
+buffer has the student's dtype and backward hands it on as it is (scaled when
+the incoming gradient is not 1), so beyond the logits and that buffer, which is
+the gradient autograd would hold anyway, only 2–4 chunk-sized work arrays
+exist; they are allocated once per call and reused by every chunk (on CPU a
+fresh allocation per chunk costs page faults). For fp16 / bf16 students the
+buffer is float32 (the compute dtype) and backward first multiplies it by the
+incoming gradient, in float32, and only then rounds to the student's dtype, as
+autograd through an upcast would: a token-normalised loss has per-entry
+gradients of 1e-7–1e-10, below fp16's smallest subnormal (6e-8), which reach
+fp16's range only once DeepSpeed's loss scale (the incoming gradient) is
+applied; an fp16 buffer would flush most of them to 0 first (and the scale
+2^16 itself is inf in fp16), a bf16 one would round them twice. The cost: the
+buffer holds 4 bytes per logit instead of 2 until backward. With a student
+that does not require grad (evaluation) no buffer is made. Measured on
 CPU (scripts/bench_loss.py, vocab 50257 × 4096 positions): peak memory ≈ 0.13–0.22×
 and time ≈ 0.4–0.5× a straightforward full-vocabulary implementation.
 
@@ -328,6 +337,22 @@ def _compute_dtype(*tensors):
     return torch.float64 if any(x is not None and x.dtype == torch.float64 for x in tensors) else torch.float32
 
 
+def _grad_dtype(student_dtype):
+    """dtype of the gradient buffer: float32 for fp16 / bf16 students, else the student's own.
+
+    A half-precision buffer would round the gradient before backward applies the
+    incoming gradient (DeepSpeed's fp16 loss scale): its tiny per-entry values
+    flush to 0 in fp16 and are rounded twice in bf16 (see the module docstring).
+    """
+    return torch.promote_types(student_dtype, torch.float32)
+
+
+def _budget_rows(vocab, dtype, device):
+    """Rows of one [rows, vocab] work array of this dtype that fit the CHUNK_BYTES budget (at least 1)."""
+    budget = CHUNK_BYTES["cpu" if device.type == "cpu" else "other"]
+    return max(1, budget // (vocab * torch.finfo(dtype).bits // 8))
+
+
 def _fused_forward(student, teacher, mask, labels, spec, need_grad):
     """One chunked pass over the kept rows. Returns (objective, div_sum, ce_sum, grad_buffer or None).
 
@@ -370,13 +395,12 @@ def _fused_forward(student, teacher, mask, labels, spec, need_grad):
         scale = float(spec.scale) * per_token
     alpha = spec.alpha.to(device=device, dtype=cdt) if torch.is_tensor(spec.alpha) else float(spec.alpha)
 
-    budget = CHUNK_BYTES["cpu" if device.type == "cpu" else "other"]
-    step = max(1, min(int(spec.chunk_size), budget // (V * torch.finfo(cdt).bits // 8)))
+    step = max(1, min(int(spec.chunk_size), _budget_rows(V, cdt, device)))
     ws = _Workspace(min(step, max(n_rows, 1)), V, cdt, device)
     buf = buf_rows = None
     if need_grad:
         # every row is written when all are kept; otherwise masked rows stay 0
-        buf = (torch.empty if all_kept else torch.zeros)((B, T, V), dtype=student.dtype, device=device)
+        buf = (torch.empty if all_kept else torch.zeros)((B, T, V), dtype=_grad_dtype(student.dtype), device=device)
         buf_rows = buf.view(B * T, V)
     direct = need_grad and all_kept and buf.dtype == cdt  # write the gradient straight into buf
     objective = torch.zeros((), dtype=cdt, device=device)
@@ -411,14 +435,16 @@ class _FusedLoss(torch.autograd.Function):
 
     forward(student [B, T, V], teacher [B, T, V] | None, mask [B, T], labels [B, T] | None, spec)
     → (objective, div_sum, ce_sum); only the objective is differentiable. The
-    gradient buffer (student dtype, shape of the student logits) is the only
-    tensor kept for backward; the teacher never gets a gradient.
+    gradient buffer (shape of the student logits; student dtype, float32 for
+    fp16 / bf16 students) is the only tensor kept for backward; the teacher
+    never gets a gradient.
     """
 
     @staticmethod
     def forward(ctx, student, teacher, mask, labels, spec):
         objective, div_sum, ce_sum, buf = _fused_forward(student, teacher, mask, labels, spec, need_grad=True)
         ctx.save_for_backward(buf)
+        ctx.student_dtype = student.dtype
         ctx.mark_non_differentiable(div_sum, ce_sum)
         return objective, div_sum, ce_sum
 
@@ -426,10 +452,34 @@ class _FusedLoss(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_objective, _grad_div, _grad_ce):
         (buf,) = ctx.saved_tensors
+        if buf.dtype != ctx.student_dtype:
+            return _scaled_to(buf, grad_objective, ctx.student_dtype), None, None, None, None
         # The common call is loss.backward() (grad 1): hand over the buffer itself, no copy.
         if grad_objective.numel() == 1 and bool(grad_objective == 1):
             return buf, None, None, None, None
         return buf * grad_objective.to(buf.dtype), None, None, None, None
+
+
+def _scaled_to(buf, grad, dtype):
+    """buf · grad in buf's dtype (float32), rounded once to ``dtype`` (the half-precision student's).
+
+    buf: [B, T, V]; grad: the incoming 0-dim gradient (it carries the fp16 loss
+    scale). Row chunks of one reused work array, so no full-size float32 product
+    exists beside buf and the result (torch.mul with a half ``out`` would make one).
+    buf itself is left as it is: a retained graph may run backward again.
+    """
+    out = torch.empty(buf.shape, dtype=dtype, device=buf.device)
+    g = grad.to(buf.dtype)
+    if g.numel() == 1 and bool(g == 1):
+        return out.copy_(buf)
+    V = buf.shape[-1]
+    src, dst = buf.view(-1, V), out.view(-1, V)  # [B*T, V]
+    step = min(src.shape[0], _budget_rows(V, buf.dtype, buf.device))
+    work = torch.empty((step, V), dtype=buf.dtype, device=buf.device)
+    for lo in range(0, src.shape[0], step):
+        hi = min(src.shape[0], lo + step)
+        dst[lo:hi].copy_(torch.mul(src[lo:hi], g, out=work[:hi - lo]))
+    return out
 
 
 def _run(student, teacher, mask, labels, spec):
