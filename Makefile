@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DS_ACCELERATOR ?= cpu
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all test-multiprocess lint bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q
+
+# The slow multi-process suite (issue 17): 2 processes through the deepspeed launcher for the
+# pipeline, kill-and-resume at ZeRO 0 and 3, SIGTERM, ZeRO-3 saving. CI runs it after `make test`.
+test-multiprocess: install
+	$(BIN)/python -m pytest -q -m slow tests/test_multiprocess.py tests/test_saving.py
 
 lint: install
 	$(BIN)/ruff check distillm_cli tests scripts
@@ -71,3 +76,14 @@ bench: bench-install
 # The settings the README's numbers come from (run on a quiet machine).
 bench-full: bench-install
 	$(BIN)/python scripts/bench.py
+
+# GPU check (issue 17): on a machine with one or more GPUs, the CUDA path end to end within
+# 10 minutes: bf16 distill of the SmolLM2 pair under ZeRO-0 and ZeRO-3 (deepspeed launcher and
+# NCCL with several GPUs), generate-student, evaluate, then `make bench`'s benchmarks on CUDA
+# -> gpu-check/results.json and results.md. Not part of CI; the figures go in the README.
+# CPU smoke test of the script itself: make gpu-check GPU_CHECK_ARGS="--device cpu --quick"
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+
+gpu-check: smollm2-install bench-install
+	$(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)

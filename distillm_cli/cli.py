@@ -162,15 +162,24 @@ def _without_hydra_resolvers(cfg: DictConfig) -> DictConfig:
 
 @hydra.main(config_path="pkg://distillm_cli.conf", config_name="config", version_base="1.3")
 def hydra_entry(cfg: DictConfig) -> None:
+    from .run_dir import agree_on_run_dir
+    from .runtime import launched_rank, launched_world_size
     from .stages import STAGES
+    from .train.preemption import EXIT_PREEMPTED, Preempted
 
     # Hydra decided the output dir (a sweep gives each job its own); that is the run dir.
     cfg.run_dir = HydraConfig.get().runtime.output_dir
     try:
         validate(cfg)
+        if launched_world_size() > 1:  # under a launcher every rank takes rank 0's run dir
+            agree_on_run_dir(cfg)
         STAGES[cfg.stage](cfg)
     except UserError as error:
         report_and_exit(error)
+    except Preempted as stop:  # a scheduler's SIGTERM: a resume point was written, nothing is lost
+        if launched_rank() == 0:
+            print(f"distillm: preempted: {stop}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_PREEMPTED)
 
 
 def main(argv: list[str] | None = None):
@@ -215,6 +224,8 @@ def _main(argv: list[str] | None):
     # Flags first: Hydra's argument parser wants every override after the last flag.
     if stage == "check":  # a preflight writes nothing: no run dir, no .hydra, no log file
         overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    elif int(os.environ.get("RANK", "0")) != 0:  # only rank 0 writes: no .hydra or log file, only warnings shown
+        overrides += ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.job_logging.root.level=WARNING"]
     sys.argv = ["distillm", *flags, stage_override, *overrides]
     hydra_entry()
 

@@ -50,7 +50,10 @@ def _tune_cpu_allocator() -> None:
 def setup_runtime(cfg) -> Runtime:
     """Join (or create) the process group: works with or without the deepspeed launcher."""
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if not use_cuda:
+    if use_cuda:  # a DS_ACCELERATOR=cpu inherited from a CPU setup (the Makefile's) would keep DeepSpeed on CPU
+        if os.environ.get("DS_ACCELERATOR", "cuda") != "cuda":
+            os.environ["DS_ACCELERATOR"] = "cuda"
+    else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         _tune_cpu_allocator()
     import deepspeed  # after DS_ACCELERATOR: it picks its accelerator on import
@@ -66,20 +69,62 @@ def setup_runtime(cfg) -> Runtime:
     # DeepSpeed would JIT-compile a shared-memory allreduce op for CPU runs (~1.5 min of
     # gcc on first use); gloo's allreduce is enough for CPU, so that build is switched off.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:  # before the process group: NCCL's collectives use the current device
+        torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
     return Runtime(rank=rank, world_size=world, device=device)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def launched_rank() -> int:
+    """This process's rank as the launcher set it (0 without a launcher), before any process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def launched_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def barrier(runtime: Runtime) -> None:
+    """Wait until every rank got here (nothing to wait for with one process)."""
+    if runtime.world_size > 1:
+        torch.distributed.barrier()
+
+
+def broadcast_from_main(value, runtime: Runtime):
+    """Rank 0's `value` on every rank (any picklable object)."""
+    if runtime.world_size == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_from_all(value, runtime: Runtime) -> list:
+    """Every rank's `value`, in rank order, on every rank (any picklable object)."""
+    if runtime.world_size == 1:
+        return [value]
+    values = [None] * runtime.world_size
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+def all_reduce_max(value: float, runtime: Runtime) -> float:
+    if runtime.world_size == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64,
+                          device=runtime.device if runtime.device.type == "cuda" else "cpu")
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return float(tensor.item())
 
 
 def all_reduce_sum(value: float, runtime: Runtime) -> float:

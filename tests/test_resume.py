@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from safetensors.torch import load_file
 
@@ -69,3 +70,26 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint(tmp_path):
                              env={**os.environ, "DS_ACCELERATOR": "cpu"}, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (run_dir / "checkpoint" / "model.safetensors").exists()
+
+
+def test_sigterm_in_one_process_exits_143_with_a_resume_line(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["distill", "off_policy=none", "train.max_steps=40", "train.micro_batch_size=4", "train.eval_interval=0"]
+    process = subprocess.Popen([sys.executable, "-m", "distillm_cli.cli", *args, f"run_dir={run_dir}"], cwd=ROOT,
+                               env={**os.environ, "DS_ACCELERATOR": "cpu"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len(metric_lines(run_dir)) < 2:
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    step = len(metric_lines(run_dir))
+    assert (run_dir / "resume" / f"step-{step}" / "rank-0.pt").exists()
+    assert f"stopped by SIGTERM after step {step} of 40" in stderr and "Traceback" not in stderr
+
+
+def metric_lines(run_dir: Path) -> list[str]:
+    path = run_dir / "metrics.jsonl"
+    return path.read_text().splitlines() if path.exists() else []

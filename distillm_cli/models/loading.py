@@ -134,15 +134,6 @@ def add_lora(model, lora_cfg):
                         f"{str(error).splitlines()[0]}") from error
 
 
-def plain_model(module):
-    """The module to save as a Hugging Face checkpoint: LoRA adapters merged into a copy."""
-    if hasattr(module, "merge_and_unload"):
-        import copy
-
-        return copy.deepcopy(module).merge_and_unload()
-    return module
-
-
 def vocab_size(tokenizer) -> int:
     """The shared vocabulary: logits beyond it (padded embedding rows) are dropped."""
     return len(tokenizer)

@@ -21,9 +21,20 @@ def _lazy(module: str, preflight: bool = True):
             from ..checks import enforce
 
             enforce(cfg)
-        return importlib.import_module(f"distillm_cli.stages.{module}").run(cfg)
+        result = importlib.import_module(f"distillm_cli.stages.{module}").run(cfg)
+        _all_ranks_done()
+        return result
 
     return run
+
+
+def _all_ranks_done() -> None:
+    """Under a launcher, a stage ends when it has ended on every rank: the next stage may then
+    read what this one wrote (generations.jsonl, the checkpoint, summary.json)."""
+    import torch
+
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
 
 
 def _distill(cfg):

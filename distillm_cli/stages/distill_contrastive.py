@@ -20,6 +20,7 @@ from pathlib import Path
 from ..data.batches import BatchStream, fixed_batches
 from ..data.formats import IGNORE, build_example
 from ..generation import make_generator
+from ..generation.across_ranks import batched, generate_across_ranks
 from ..losses import distillm2
 from ..models.loading import (
     forward_logits,
@@ -29,7 +30,14 @@ from ..models.loading import (
 )
 from ..run_dir import RunLog, open_run
 from ..teacher import load_teacher
-from ..train.contrastive import AlphaCurriculum, beta_at, mean_label_probability, pair_batch, read_pairs
+from ..train.contrastive import (
+    AlphaCurriculum,
+    RegeneratedPairs,
+    beta_at,
+    mean_label_probability,
+    pair_batch,
+    read_pairs,
+)
 from ..train.engine import StepPlan, build_engine, save_model, train
 from ..train.objectives import kd_params, validation_kd_loss
 
@@ -58,19 +66,26 @@ def run(cfg) -> dict:
     steps_per_epoch = max(1, math.ceil(len(pairs) / (mb * runtime.world_size * cfg.train.grad_accum)))
     alpha_t, alpha_s = (AlphaCurriculum(alpha0, cfg.loss.alpha_min, cfg.loss.alpha_curriculum, steps_per_epoch)
                         for alpha0 in (cfg.loss.alpha, cfg.loss.alpha_s))
+    sharded = engine.zero_optimization_stage() == 3 and runtime.world_size > 1
     sampler = make_generator(engine.module, cfg.generation, tokenizer, max_length=cfg.data.max_length,
-                             sharded=engine.zero_optimization_stage() == 3 and runtime.world_size > 1)
+                             sharded=sharded)
     step_now = {"step": 0}  # the step being trained (both curricula depend on it)
 
     def beta_now() -> float:
         return beta_at(step_now["step"], cfg.train.max_steps, cfg.loss.beta, cfg.loss.beta_schedule)
 
+    pairs_state = RegeneratedPairs(stream)
+
     def regenerate_pairs(step: int) -> None:
-        """Batched on-policy: new student responses for every pair, the same on every rank."""
+        """Batched on-policy: new student responses for every pair, shared out over the ranks
+        and gathered, so every rank (and any number of them) gets the same new pairs."""
         prompts = [t.input_ids[:t.prompt_len].tolist() for t, _ in stream.items]
-        responses = sampler.generate(prompts, seed=cfg.seed * 7919 + step)
-        stream.items = [(t, build_example(p, r, cfg.data.max_length))
-                        for (t, _), p, r in zip(stream.items, prompts, responses)]
+        responses = []
+        for _, results in generate_across_ranks(lambda batch, seed: sampler.generate(batch, seed=seed),
+                                                batched(prompts, cfg.generation.batch_size),
+                                                seed=cfg.seed * 7919 + step, runtime=runtime, sharded=sharded):
+            responses += [r for batch in results for r in batch]
+        pairs_state.replace([build_example(p, r, cfg.data.max_length) for p, r in zip(prompts, responses)])
 
     def plan_step(step: int) -> StepPlan:
         step_now["step"] = step
@@ -103,7 +118,7 @@ def run(cfg) -> dict:
 
     result = train(cfg, engine, runtime, run_dir, description=f"distill {cfg.loss.name}", plan_step=plan_step,
                    micro_loss=micro_loss, validation_loss=validation_loss,
-                   state={"data": stream, "alpha_t": alpha_t, "alpha_s": alpha_s},
+                   state={"data": stream, "alpha_t": alpha_t, "alpha_s": alpha_s, "pairs": pairs_state},
                    bar_fields=lambda: {"beta": f"{beta_now():.2f}"}, count_units=lambda batch: int(batch["pairs"]))
     save_model(engine, tokenizer, run_dir / "checkpoint", runtime)
     return RunLog(run_dir, runtime).summary({

@@ -1,13 +1,15 @@
 """evaluate: score models by generating answers to held-out prompts (METHOD.md §3).
 
 Recipe: pick the models (eval.models, else the student) and the eval sets (eval.sets,
-else data.test_split) -> for each model, set and seed: batched generation, cut at EOS
--> ROUGE-L (F, stemmed, max over references, x100) and exact match -> mean and std
-over seeds -> with a teacher (eval.teacher), the token-level KL(teacher || model) on the
-validation split as a cheap extra score -> predictions.jsonl, summary.json, a table.
+else data.test_split) -> for each model, set and seed: batched generation shared out over
+the ranks (the same answers from 1 or N processes), cut at the end token -> ROUGE-L (F,
+stemmed, max over references, x100) and exact match -> mean and std over seeds -> with a
+teacher (eval.teacher), the token-level KL(teacher || model) on the validation split as a
+cheap extra score -> rank 0 writes predictions.jsonl, summary.json and a table.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -21,9 +23,11 @@ from ..data.sources import encode_split, load_split, read_jsonl
 from ..errors import UserError
 from ..evaluation.metrics import exact_match, rouge_l, summarize_scores
 from ..generation import make_generator
+from ..generation.across_ranks import batched, generate_across_ranks
 from ..losses import kd_objective
 from ..models.loading import load_model, load_tokenizer, model_source, response_logits, vocab_size
 from ..run_dir import RunLog, open_run
+from ..runtime import Runtime, all_reduce_sum
 from ..teacher import LiveTeacher, Teacher
 from ..ui import print_table, progress_bar
 
@@ -50,15 +54,27 @@ def eval_sets(cfg) -> dict[str, list[dict]]:
 
 
 @torch.no_grad()
-def kl_to_teacher(model, teacher: Teacher, batches: list[dict], vocab: int, device) -> float:
-    """Token-mean KL(teacher || model) over validation responses."""
+def kl_to_teacher(model, teacher: Teacher, batches: list[dict], vocab: int, runtime: Runtime) -> float:
+    """Token-mean KL(teacher || model) over validation responses; each rank scores its share."""
     total, tokens = 0.0, 0.0
-    for batch in batches:
-        student_logits, labels = response_logits(model, batch, device, vocab)
+    for batch in batches[runtime.rank::runtime.world_size]:
+        student_logits, labels = response_logits(model, batch, runtime.device, vocab)
         teacher_logits, _ = teacher.response_logits(batch)
         _, stats = kd_objective(student_logits, teacher_logits, labels, loss="fkl", normalizer=1.0)
         total, tokens = total + stats["kd_sum"], tokens + stats["tokens"]
-    return total / max(tokens, 1.0)
+    return all_reduce_sum(total, runtime) / max(all_reduce_sum(tokens, runtime), 1.0)
+
+
+def generate_texts(generator, tokenizer, prompts: list[list[int]], *, seed: int, batch_size: int,
+                   runtime: Runtime, bar) -> list[str]:
+    """One decoded answer per prompt; the batches are shared out over the ranks."""
+    texts = []
+    for _, results in generate_across_ranks(lambda batch, batch_seed: generator.generate(batch, seed=batch_seed),
+                                            batched(prompts, batch_size), seed=seed, runtime=runtime):
+        for responses in results:
+            texts += [tokenizer.decode(r, skip_special_tokens=True).strip() for r in responses]
+            bar.advance(len(responses), tokens=sum(len(r) for r in responses))
+    return texts
 
 
 def run(cfg) -> dict:
@@ -67,7 +83,8 @@ def run(cfg) -> dict:
     teacher, valid_batches = None, []
 
     results, rows = {}, []
-    with (run_dir / "predictions.jsonl").open("w", encoding="utf-8") as out:
+    predictions = (run_dir / "predictions.jsonl").open("w", encoding="utf-8") if runtime.main else None
+    with predictions or contextlib.nullcontext() as out:
         for name, source in models_to_score(cfg).items():
             sub = OmegaConf.merge(cfg, {"student_dir": source})
             tokenizer = load_tokenizer(sub, "student")
@@ -83,12 +100,11 @@ def run(cfg) -> dict:
                 per_seed = []
                 with progress_bar(f"evaluate {name} on {set_name}", len(prompts) * len(cfg.eval.seeds)) as bar:
                     for seed in cfg.eval.seeds:
-                        responses = generator.generate(prompts, seed=seed, batch_size=cfg.eval.batch_size,
-                                                       on_batch=lambda n, tokens: bar.advance(n, tokens=tokens))
-                        texts = [tokenizer.decode(r, skip_special_tokens=True).strip() for r in responses]
+                        texts = generate_texts(generator, tokenizer, prompts, seed=seed,
+                                               batch_size=cfg.eval.batch_size, runtime=runtime, bar=bar)
                         per_seed.append({"rouge_l": rouge_l(texts, refs),
                                          "exact_match": 100.0 * exact_match(texts, refs)})
-                        for record, text in zip(records, texts):
+                        for record, text in zip(records, texts if out is not None else ()):
                             out.write(json.dumps({"model": name, "set": set_name, "seed": seed,
                                                   "prompt": fmt.prompt_text(record),
                                                   "prediction": text, "reference": record["output"]}) + "\n")
@@ -100,7 +116,7 @@ def run(cfg) -> dict:
                     valid = encode_split(cfg, tokenizer, cfg.data.valid_split)[: cfg.eval.kl_examples]
                     valid_batches = fixed_batches(valid, cfg.eval.batch_size, tokenizer.pad_token_id)
                 results[name]["kl_to_teacher"] = kl_to_teacher(model, teacher, valid_batches, vocab_size(tokenizer),
-                                                                runtime.device)
+                                                                runtime)
             results[name]["seconds"] = time.perf_counter() - started
             first = next(iter(sets))
             results[name].update(results[name]["sets"][first])  # headline: the first set

@@ -2,22 +2,27 @@
 
 Recipe: load the model that answers (the student, or the teacher with generate=teacher)
 -> build the prompts of the chosen split -> skip prompts already answered in this run
-dir -> batched sampling with a progress bar -> append one JSON line per prompt.
+dir -> batched sampling, the batches dealt to the ranks (generation/across_ranks.py: the
+same file from 1 or N processes) -> rank 0 appends one JSON line per prompt.
 With the teacher as source the file is SeqKD data: `distill generations=<this run>`
 trains on it. With generate.pairs=true (DistiLLM-2 curation) both models answer and
 each line holds the pair: teacher_response and student_response.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from ..data.formats import record_format
 from ..data.sources import load_split
 from ..generation import make_generator
+from ..generation.across_ranks import batched, generate_across_ranks
 from ..models.loading import load_model, load_tokenizer, model_source
 from ..run_dir import RunLog, open_run
+from ..runtime import broadcast_from_main
 from ..ui import progress_bar
 
 
@@ -35,25 +40,30 @@ def run(cfg) -> dict:
     if cfg.generate.max_prompts:
         records = records[: cfg.generate.max_prompts]
     out_path = run_dir / "generations.jsonl"
-    done = set()
-    if out_path.exists():  # a re-run continues where the last one stopped
-        done = {json.loads(line)["prompt"] for line in out_path.read_text().splitlines() if line.strip()}
-    todo = [r for r in records if fmt.prompt_text(r) not in done]
+    # A re-run continues where the last one stopped: the batches still to do keep their seeds.
+    done = broadcast_from_main(answered_prompts(out_path) if runtime.main else None, runtime)
+    batches = [[r for r in batch if fmt.prompt_text(r) not in done]
+               for batch in batched(records, cfg.generation.batch_size)]
+    todo = [k for k, batch in enumerate(batches) if batch]
+    todo_batches = [[fmt.prompt_ids(r) for r in batches[k]] for k in todo]
     config = OmegaConf.to_container(cfg.generation, resolve=True)
+    if runtime.main and todo:  # the exact settings transformers is given, beside the outputs
+        write_settings(run_dir, {r: generators[r].settings(todo_batches[0]) for r in roles}, config)
+
+    def answer(prompts: list[list[int]], seed: int) -> dict:
+        return {r: generators[r].generate(prompts, seed=seed, batch_size=len(prompts)) for r in roles}
+
     written = 0
-    if runtime.main and todo:
-        size = cfg.generation.batch_size
-        bar_context = progress_bar(f"generate ({' + '.join(roles)})", len(todo))
-        with bar_context as bar, out_path.open("a", encoding="utf-8") as out:
-            for start in range(0, len(todo), size):
-                chunk = todo[start:start + size]
-                texts = [fmt.prompt_text(r) for r in chunk]
-                prompts = [fmt.prompt_ids(r) for r in chunk]
-                if start == 0:  # the exact settings transformers is given, beside the outputs
-                    write_settings(run_dir, {r: generators[r].settings(prompts) for r in roles}, config)
-                answers = {r: generators[r].generate(prompts, seed=cfg.seed * 100_003 + start) for r in roles}
-                for i, (record, text) in enumerate(zip(chunk, texts)):
-                    line = {"prompt": text, "reference": record.get("output"), "sampling": config, "seed": cfg.seed}
+    pending = sum(len(batches[k]) for k in todo)
+    with progress_bar(f"generate ({' + '.join(roles)})", pending) as bar, \
+            (out_path.open("a", encoding="utf-8") if runtime.main else contextlib.nullcontext()) as out:
+        for positions, results in generate_across_ranks(answer, todo_batches, seed=cfg.seed, runtime=runtime,
+                                                        batch_ids=todo):
+            lines = []
+            for position, answers in zip(positions, results):
+                for i, record in enumerate(batches[todo[position]]):
+                    line = {"prompt": fmt.prompt_text(record), "reference": record.get("output"),
+                            "sampling": config, "seed": cfg.seed}
                     # truncated: the length limit cut the response; it is trained on without an end token.
                     for r in roles:
                         key = f"{r}_" if cfg.generate.pairs else ""
@@ -63,15 +73,28 @@ def run(cfg) -> dict:
                         line.update(teacher=model_source(cfg, "teacher"), student=model_source(cfg, "student"))
                     else:
                         line.update(model=model_source(cfg, role), source=role)
-                    out.write(json.dumps(line) + "\n")
+                    lines.append(json.dumps(line) + "\n")
+            if out is not None:  # rank 0 writes a whole round at once
+                out.write("".join(lines))
                 out.flush()
-                written += len(chunk)
-                bar.advance(len(chunk), tokens=sum(len(a) for r in roles for a in answers[r]))
+            written += len(lines)
+            bar.advance(len(lines), tokens=sum(len(a) for answers in results for r in roles for a in answers[r]))
     return RunLog(run_dir, runtime).summary({
         "stage": "generate-student", "source": "pairs" if cfg.generate.pairs else role,
         "model": model_source(cfg, role), "split": split, "template": fmt.describe(),
-        "prompts": len(records), "generated": written, "skipped": len(records) - len(todo),
+        "prompts": len(records), "generated": written, "skipped": len(records) - pending,
         "generations": str(out_path)})
+
+
+def answered_prompts(path: Path) -> set[str]:
+    """The prompts an earlier run of this stage answered; a line cut by a kill is dropped."""
+    if not path.exists():
+        return set()
+    text = path.read_text(encoding="utf-8")
+    complete = text[: text.rfind("\n") + 1]
+    if complete != text:  # the last write was interrupted: drop its unfinished line
+        path.write_text(complete, encoding="utf-8")
+    return {json.loads(line)["prompt"] for line in complete.splitlines() if line.strip()}
 
 
 def write_settings(run_dir, settings: dict, config: dict) -> None:

@@ -20,7 +20,9 @@ from pathlib import Path
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 
-from ..ui import print_table
+from ..run_dir import write_json_atomic
+from ..train.preemption import Preempted, preempted_earlier
+from ..ui import is_main_process, print_table
 
 
 def _user_overrides() -> list[str]:
@@ -64,6 +66,8 @@ def run(cfg) -> dict:
             summaries[stage] = json.loads((sub_dir / "summary.json").read_text())
             seconds[stage] = None  # finished by an earlier run: no time spent now
             continue
+        if preempted_earlier():  # SIGTERM during the last step of the stage before: stop before this one
+            raise Preempted(f"stopped by SIGTERM before {stage}; run the same command with resume=auto to continue")
         started = time.perf_counter()
         summaries[stage] = STAGES[stage](sub_cfg)
         seconds[stage] = time.perf_counter() - started
@@ -86,5 +90,6 @@ def run(cfg) -> dict:
         for name in ("teacher", "sft_student", "distilled")},
         "distilled_minus_sft_rouge_l":
             scores["distilled"]["rouge_l"]["mean"] - scores["sft_student"]["rouge_l"]["mean"]}
-    (root / "summary.json").write_text(json.dumps(summary, indent=2))
+    if is_main_process():
+        write_json_atomic(root / "summary.json", summary)
     return summary

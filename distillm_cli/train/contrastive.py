@@ -96,3 +96,26 @@ def read_pairs(path: str, tokenizer, cfg) -> list[tuple[Example, Example]]:
                             for role in ("teacher", "student"))
         pairs.append((teacher, student))
     return pairs
+
+
+class RegeneratedPairs:
+    """The student halves of the training pairs once loss.regenerate has replaced them.
+
+    Batched on-policy training swaps every pair's student response for a fresh sample
+    each epoch; a resumed run must train on the samples the interrupted one had, not on
+    the curated file's, so they are part of the resume point.
+    """
+
+    def __init__(self, stream):
+        self.stream, self.regenerated = stream, False
+
+    def replace(self, student_examples: list[Example]) -> None:
+        self.stream.items = [(teacher, student) for (teacher, _), student in zip(self.stream.items, student_examples)]
+        self.regenerated = True
+
+    def state_dict(self) -> dict:
+        return {"student": [vars(s) for _, s in self.stream.items]} if self.regenerated else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.replace([Example(**s) for s in state["student"]])

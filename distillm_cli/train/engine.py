@@ -6,6 +6,8 @@ calls `deepspeed.initialize`.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
@@ -24,17 +26,35 @@ from ..data.formats import IGNORE
 from ..errors import UserError
 from ..loggers import make_logger
 from ..run_dir import RunLog
-from ..runtime import Runtime, all_reduce_sum
+from ..runtime import Runtime, all_reduce_sum, barrier
 from ..ui import progress_bar
+from .preemption import Preempted, stop_at_step_end, stop_requested
 
 log = logging.getLogger("distillm")
 
 
 # ------------------------------------------------------------------------- engines
 def deepspeed_config(cfg) -> dict:
+    """DeepSpeed's config of this run: the deepspeed group's keys plus the precision of model.dtype.
+
+    bf16 weights get fp32 gradient accumulation (data_types.grad_accum_dtype): a bf16
+    running sum of the micro-batch gradients rounds at every add and drops the small
+    ones once the sum is large. DeepSpeed accumulates in fp32 under ZeRO 1-3 but refuses
+    it without ZeRO, so ZeRO 0 runs as ZeRO 1, DeepSpeed's BF16_Optimizer: the same
+    update (one process: nothing to partition; several: the optimizer state is split).
+    ZeRO 1 reduces the gradients once per step, so that reduction is kept in fp32 too
+    (communication_data_type; bf16 would round the fp32 sum). Keys given in the config win.
+    """
     config = OmegaConf.to_container(cfg.deepspeed, resolve=True)
     if cfg.model.dtype == "bfloat16":
         config.setdefault("bf16", {})["enabled"] = True
+        accum = config.setdefault("data_types", {}).setdefault("grad_accum_dtype", "fp32")
+        if str(accum).lower() in ("fp32", "float32", "float", "torch.float32"):
+            zero = config.setdefault("zero_optimization", {})
+            if zero.get("stage", 0) == 0:
+                zero["stage"] = 1
+            if zero["stage"] == 1:
+                config.setdefault("communication_data_type", "fp32")
     elif cfg.model.dtype == "float16":
         config.setdefault("fp16", {})["enabled"] = True
     return config
@@ -67,8 +87,10 @@ def build_engine(model, cfg, runtime: Runtime):
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr)
     scheduler = _cosine_schedule(optimizer, cfg.train)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(cfg))
+    # DeepSpeed's bf16 optimizer prints a dozen memory lines with print(); the run's own output says more.
+    with contextlib.redirect_stdout(io.StringIO()):
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=deepspeed_config(cfg))
     return engine
 
 
@@ -88,29 +110,39 @@ def build_frozen_engine(model, cfg):
 
 
 # --------------------------------------------------------------------- checkpoints
-def _gathered_state_dict(engine) -> dict:
-    """A full state dict of the engine's module (gathers ZeRO-3 shards on every rank)."""
-    module = engine.module if hasattr(engine, "module") else engine
-    if getattr(engine, "zero_optimization_stage", lambda: 0)() == 3:
-        import deepspeed
+def _gathered_state_dict(engine, main: bool) -> dict | None:
+    """The checkpoint's full state dict on CPU on rank 0, None elsewhere; every rank must call it.
 
-        params = list(module.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-    return None
+    Under ZeRO-3 the weights are gathered one module at a time and copied on rank 0 only
+    (train/saving.py); a LoRA student comes back merged, under its base model's keys.
+    """
+    from .saving import plain_state_dict
+
+    module = engine.module if hasattr(engine, "module") else engine
+    optimizer = getattr(engine, "optimizer", None)
+    zero3 = getattr(engine, "zero_optimization_stage", lambda: 0)() == 3
+    if zero3 and hasattr(optimizer, "checkpoint_event_prologue"):
+        optimizer.checkpoint_event_prologue()  # every parameter partitioned first, as DeepSpeed's own save does
+    state = plain_state_dict(module, main)
+    if zero3 and hasattr(optimizer, "checkpoint_event_epilogue"):
+        optimizer.checkpoint_event_epilogue()  # persistent parameters gathered again for training
+    return state
 
 
 def save_model(engine, tokenizer, out_dir: Path, runtime: Runtime, extra_files: dict | None = None) -> None:
-    """Write a Hugging Face model dir atomically: into a temp dir, then renamed into place."""
-    from ..models.loading import plain_model
+    """Write a Hugging Face model dir atomically: into a temp dir, then renamed into place.
+
+    Every rank joins the gathering; rank 0 alone holds the weights and writes. A LoRA
+    student is written as its base model with the adapters merged in.
+    """
+    from .saving import save_target
 
     module = engine.module if hasattr(engine, "module") else engine
-    state = _gathered_state_dict(engine)
+    state = _gathered_state_dict(engine, runtime.main)
     if runtime.main:
-        module = plain_model(module)
         tmp = out_dir.with_name(f".{out_dir.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        module.save_pretrained(tmp, state_dict=state)
+        save_target(module).save_pretrained(tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)
         for name, payload in (extra_files or {}).items():
             (tmp / name).write_text(json.dumps(payload, indent=2))
@@ -124,46 +156,66 @@ def save_model(engine, tokenizer, out_dir: Path, runtime: Runtime, extra_files: 
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's device
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_resume_point(engine, run_dir: Path, step: int, client_state: dict, keep: int, runtime: Runtime) -> None:
-    """A resumable checkpoint (model, optimizer, scheduler, data position, RNG, off-policy).
+def _rank_file(folder: Path, rank: int) -> Path:
+    return folder / f"rank-{rank}.pt"
 
-    DeepSpeed writes into a temporary folder; only a complete folder is renamed to
-    step-N, so a kill during saving leaves the previous one loadable.
+
+def save_resume_point(engine, run_dir: Path, step: int, objects: dict, keep: int, runtime: Runtime) -> None:
+    """A resumable checkpoint: DeepSpeed's model, optimizer and scheduler state, plus one file
+    per rank with that rank's own state (data position, RNG, replay buffer, curricula).
+
+    DeepSpeed's client_state is written by one rank and read by all, so what differs
+    between ranks goes into rank-R.pt instead. Everything is written into a temporary
+    folder; only a complete one is renamed to step-N, so a kill during saving leaves the
+    previous one loadable.
     """
     root = run_dir / "resume"
     tmp = root / f".tmp-step-{step}"
     if runtime.main:
         shutil.rmtree(tmp, ignore_errors=True)
-    if runtime.world_size > 1:
-        torch.distributed.barrier()
-    engine.save_checkpoint(str(tmp), tag="state", client_state={**client_state, "step": step, "rng": _rng_state()})
-    if runtime.world_size > 1:
-        torch.distributed.barrier()
+    barrier(runtime)
+    engine.save_checkpoint(str(tmp), tag="state", client_state={"step": step})
+    rank_state = {"step": step, "world_size": runtime.world_size, "objects": objects, "rng": _rng_state()}
+    partial = tmp / f".rank-{runtime.rank}.pt.tmp"
+    torch.save(rank_state, partial)
+    os.replace(partial, _rank_file(tmp, runtime.rank))
+    barrier(runtime)
     if runtime.main:
         os.replace(tmp, root / f"step-{step}")
         for stale in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
             shutil.rmtree(stale, ignore_errors=True)
-    if runtime.world_size > 1:
-        torch.distributed.barrier()
+    barrier(runtime)
 
 
-def load_resume_point(engine, run_dir: Path) -> dict | None:
-    """Restore the newest complete checkpoint in run_dir/resume; None when there is none."""
+def load_resume_point(engine, run_dir: Path, runtime: Runtime) -> dict | None:
+    """Restore the newest complete checkpoint in run_dir/resume and this rank's own state
+    (returned: step and objects); None when there is none."""
     points = sorted((run_dir / "resume").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     if not points:
         return None
-    _, client_state = engine.load_checkpoint(str(points[-1]), tag="state")
-    _set_rng_state(client_state["rng"])
+    mine = _rank_file(points[-1], runtime.rank)
+    saved_by = len(list(points[-1].glob("rank-*.pt")))
+    if not mine.exists() or saved_by != runtime.world_size:
+        raise UserError(f"the resume point {points[-1]} was written by {saved_by} process(es) and this run has "
+                        f"{runtime.world_size}; resume with the same number of processes, or pass a new run_dir")
+    engine.load_checkpoint(str(points[-1]), tag="state")
+    rank_state = torch.load(mine, weights_only=False)  # our own file: python RNG state is a tuple
+    _set_rng_state(rank_state["rng"])
     log.info("resumed from %s", points[-1])
-    return client_state
+    return rank_state
 
 
 # ------------------------------------------------------------------ training loop
@@ -204,11 +256,11 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
     runlog = RunLog(run_dir, runtime)
     start_step = 0
     if cfg.resume == "auto":
-        client_state = load_resume_point(engine, run_dir)
-        if client_state is not None:
-            start_step = client_state["step"]
+        rank_state = load_resume_point(engine, run_dir, runtime)
+        if rank_state is not None:
+            start_step = rank_state["step"]
             for name, obj in state.items():
-                obj.load_state_dict(client_state["objects"][name])
+                obj.load_state_dict(rank_state["objects"][name])
             if runtime.main and runlog.path.exists():  # drop steps logged after the resume point
                 kept = [line for line in runlog.path.read_text().splitlines()
                         if line.strip() and json.loads(line)["step"] <= start_step]
@@ -217,8 +269,17 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
                          config=OmegaConf.to_container(cfg, resolve=True))
     engine.train()
     last_loss, last_val, started, tokens_seen, skipped = float("nan"), None, time.perf_counter(), 0, 0
-    with progress_bar(description, cfg.train.max_steps, start_step, every_steps=cfg.train.log_interval) as bar:
+    with progress_bar(description, cfg.train.max_steps, start_step, every_steps=cfg.train.log_interval) as bar, \
+            stop_at_step_end():
         for step in range(start_step, cfg.train.max_steps):
+            if step > start_step and stop_requested(runtime):  # SIGTERM: stop at a resume point (preemption.py)
+                if not (run_dir / "resume" / f"step-{step}").exists():
+                    save_resume_point(engine, run_dir, step, {k: v.state_dict() for k, v in state.items()},
+                                      cfg.train.keep_checkpoints, runtime)
+                logger.close()
+                raise Preempted(f"stopped by SIGTERM after step {step} of {cfg.train.max_steps} ({description}); "
+                                f"the resume point is {run_dir / 'resume' / f'step-{step}'}: run the same command "
+                                "with resume=auto to continue")
             plan = plan_step(step)
             if runtime.world_size > 1 and "data_source" in plan.info:
                 plan.info["data_source_ranks"] = _same_on_every_rank(plan.info["data_source"], step)
@@ -267,8 +328,7 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
                         **(bar_fields() if bar_fields else {}))
             if cfg.train.save_interval and (step + 1) % cfg.train.save_interval == 0 \
                     and step + 1 < cfg.train.max_steps:
-                save_resume_point(engine, run_dir, step + 1,
-                                  {"objects": {k: v.state_dict() for k, v in state.items()}},
+                save_resume_point(engine, run_dir, step + 1, {k: v.state_dict() for k, v in state.items()},
                                   cfg.train.keep_checkpoints, runtime)
     logger.close()
     elapsed = time.perf_counter() - started
