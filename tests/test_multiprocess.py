@@ -183,3 +183,37 @@ def test_sigterm_stops_every_rank_at_a_resume_point(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert_same_run(straight, stopped, from_step=step)
 
+
+
+def test_ranks_that_resolve_run_dir_differently_share_rank_0s(tmp_path):
+    """As `${now:...}` does for ranks started a second apart: each rank's run_dir is its own."""
+    base = tmp_path / "runs"
+    result = launch("sft-student", "train.max_steps=2", "train.micro_batch_size=4", "train.eval_interval=0",
+                    f"run_dir={base}/rank${{oc.env:RANK}}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(p.name for p in base.iterdir()) == ["rank0"]
+    assert (base / "rank0" / "checkpoint" / "model.safetensors").exists()
+    assert len(lines(base / "rank0" / "metrics.jsonl")) == 2
+
+
+def test_distillm2_regenerated_pairs_survive_a_kill(tmp_path):
+    """loss.regenerate replaces the student responses at step 4; the kill comes after step 6."""
+    pairs = tmp_path / "pairs"
+    result = run_cli("generate-student", "generate.pairs=true", "generate.max_prompts=16",
+                     "generation.max_new_tokens=8", f"run_dir={pairs}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # 16 pairs, 2 per rank per step on 2 ranks: an epoch is 4 steps.
+    args = ["distill", "experiment=distillm2", "loss.regenerate=true", f"generations={pairs / 'generations.jsonl'}",
+            "train.max_steps=8", "train.save_interval=6", "train.micro_batch_size=2", "generation.max_new_tokens=8",
+            "train.eval_interval=0"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    result = launch(*args, f"run_dir={straight}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    process = start(*args, f"run_dir={killed}")
+    wait_for(killed / "resume" / "step-6", process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    result = launch(*args, f"run_dir={killed}", "resume=auto")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_same_run(straight, killed, from_step=6)
