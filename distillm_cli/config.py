@@ -71,6 +71,10 @@ class TrainConfig:
     on_nonfinite: str = "stop"
 
 
+# loss.regenerate (DistiLLM-2's batched on-policy): which responses of the pairs are sampled anew each epoch.
+REGENERATE_CHOICES = ("none", "student", "both")
+
+
 @dataclass
 class LossConfig:
     """The distillation objective: kd_ratio * divergence + (1 - kd_ratio) * CE."""
@@ -89,11 +93,17 @@ class LossConfig:
     # DistiLLM-2 (loss=distillm2): alpha is the SKL skew on teacher responses, alpha_s the
     # SRKL skew on student responses, beta the starting weight of the SRKL term.
     alpha_s: float = 0.1
+    # linear: beta rises from beta to beta_max over beta_ramp_fraction of training, then stays.
     beta_schedule: str = "linear"
+    beta_max: float = 1.0
+    beta_ramp_fraction: float = 1.0
+    # The objective times this (the authors' released trainer: (2 - b) SKL + b SRKL, i.e. 2x).
+    scale: float = 1.0
     alpha_curriculum: bool = True
     alpha_min: float = 0.01
-    # Batched on-policy: regenerate the student responses of the pairs before each epoch.
-    regenerate: bool = False
+    # Batched on-policy, before each epoch after the first: none; student (new student
+    # responses); both (new teacher and student responses, as the paper does).
+    regenerate: str = "none"
 
 
 @dataclass
@@ -242,6 +252,8 @@ class Config:
     student_dir: str = ""
     # distill: extra training data, a generations.jsonl written by generate-student.
     generations: str = ""
+    # distill loss=distillm2: response pairs curated for the validation prompts (its validation loss).
+    valid_generations: str = ""
     device: str = "auto"
     # CPU threads for torch (0: leave torch's default).
     threads: int = 0
@@ -279,6 +291,13 @@ def validate(cfg) -> None:
     need(0.0 <= cfg.loss.alpha_s < 1.0, f"loss.alpha_s={cfg.loss.alpha_s} is outside [0, 1); the paper uses 0.1")
     need(cfg.loss.beta_schedule in ("linear", "constant"),
          f"loss.beta_schedule='{cfg.loss.beta_schedule}'; choose linear or constant")
+    need(0.0 < cfg.loss.beta_max <= 1.0, f"loss.beta_max={cfg.loss.beta_max} is outside (0, 1]; the paper uses 1.0")
+    need(0.0 < cfg.loss.beta_ramp_fraction <= 1.0,
+         f"loss.beta_ramp_fraction={cfg.loss.beta_ramp_fraction} is outside (0, 1]; 1.0 ramps over all of training")
+    need(cfg.loss.scale > 0, f"loss.scale={cfg.loss.scale} must be positive (1.0: the paper; 2.0: the released code)")
+    need(str(cfg.loss.regenerate) in REGENERATE_CHOICES,
+         f"loss.regenerate={cfg.loss.regenerate}; choose none, student (new student responses each epoch) or both "
+         "(new teacher and student responses, as the paper does)")
     need(cfg.student.lora.r >= 0, f"student.lora.r={cfg.student.lora.r} must be 0 (off) or positive")
     need(cfg.loss.lm_coef >= 0, f"loss.lm_coef={cfg.loss.lm_coef} must be 0 or positive")
     need(cfg.loss.lm_coef == 0 or cfg.data.lm_path or cfg.stage != "distill",
@@ -372,9 +391,10 @@ def check_paths(cfg) -> None:
             elif not (Path(value) / "config.json").exists():
                 raise UserError(f"{key}='{value}' holds no Hugging Face model (no config.json); use the "
                                 "checkpoint/ folder inside a run directory")
-    if cfg.generations and cfg.stage == "distill" and not Path(cfg.generations).exists():
-        raise UserError(f"generations='{cfg.generations}' does not exist; run generate-student first and pass "
-                        "its generations.jsonl (or run dir)")
+    for key in ("generations", "valid_generations"):
+        if cfg[key] and cfg.stage == "distill" and not Path(cfg[key]).exists():
+            raise UserError(f"{key}='{cfg[key]}' does not exist; run generate-student first and pass "
+                            "its generations.jsonl (or run dir)")
     run_dir = OmegaConf.to_container(cfg, resolve=False)["run_dir"]
     if "${" not in run_dir:
         ancestor = Path(run_dir).absolute()

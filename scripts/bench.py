@@ -5,11 +5,13 @@ Runs, each as its own subprocess (their output streams through):
 * scripts/bench_vs_trl.py     distillm vs TRL's GKDTrainer on the same job: throughput and peak memory ratios
 * scripts/bench_step.py       one distill step over the sum of its unavoidable parts (and MFU on CUDA)
 * scripts/bench_loss.py       the fused chunked losses vs a full-vocabulary implementation: memory and time
+* scripts/bench_contrastive.py  DistiLLM-2's contrastive step vs a skew_rkl step over the same response tokens:
+                              peak memory (vocab 50257; bench-full adds 151936)
 * scripts/bench_offpolicy.py  adaptive off-policy vs on-policy student samples: wall-time speed-up
 
 then writes ``<out-dir>/results.json``: the headline numbers (``vs_trl.throughput_ratio``,
 ``vs_trl.peak_memory_ratio``, ``step_overhead_ratio``, ``loss_memory_ratio``,
-``offpolicy_speedup``, ``device``, and ``mfu`` on CUDA), each benchmark's full result, the
+``contrastive_memory_ratio``, ``offpolicy_speedup``, ``device``, and ``mfu`` on CUDA), each benchmark's full result, the
 exact commands and their wall times. Profiles:
 
 * ``--quick`` (``make bench``): short settings, about 10 minutes on 2 CPU cores;
@@ -21,7 +23,8 @@ exact commands and their wall times. Profiles:
 On CUDA (``torch.cuda.is_available()``) the model benchmarks run in bf16 and the step
 benchmark adds model FLOPs utilisation; on CPU that is skipped.
 
-    .venv/bin/python scripts/bench.py [--quick | --smoke] [--threads 2] [--only vs_trl step loss offpolicy]
+    .venv/bin/python scripts/bench.py [--quick | --smoke] [--threads 2]
+                                      [--only vs_trl step loss contrastive offpolicy]
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
-NAMES = ("vs_trl", "step", "loss", "offpolicy")
+NAMES = ("vs_trl", "step", "loss", "contrastive", "offpolicy")
 
 
 def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
@@ -43,11 +46,12 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
     rel = os.path.relpath(out_dir, ROOT)
     py = [sys.executable]
     extra = {
-        "quick": {"vs_trl": ["--quick"], "step": ["--quick"], "loss": ["--quick"],
+        "quick": {"vs_trl": ["--quick"], "step": ["--quick"], "loss": ["--quick"], "contrastive": ["--quick"],
                   "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"]},
-        "full": {"vs_trl": [], "step": [], "loss": [], "offpolicy": []},
+        "full": {"vs_trl": [], "step": [], "loss": [], "contrastive": [], "offpolicy": []},
         "smoke": {"vs_trl": ["--steps", "1", "--repeats", "1"], "step": ["--repeats", "1"],
                   "loss": ["--quick", "--positions", "256", "--losses", "fkl", "--repeats", "1"],
+                  "contrastive": ["--vocab", "5000", "--pairs", "2", "--seq", "64"],
                   "offpolicy": ["--steps", "2", "--sft-steps", "4", "--eval-examples", "4"]},
     }[profile]
     threads_flag = ["--threads", str(threads)]
@@ -55,6 +59,8 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
         "vs_trl": [*py, "scripts/bench_vs_trl.py", *extra["vs_trl"], *threads_flag, "--out", f"{rel}/vs_trl.json"],
         "step": [*py, "scripts/bench_step.py", *extra["step"], *threads_flag, "--out", f"{rel}/step.json"],
         "loss": [*py, "scripts/bench_loss.py", *extra["loss"], *threads_flag, "--out", f"{rel}/loss.json"],
+        "contrastive": [*py, "scripts/bench_contrastive.py", *extra["contrastive"], *threads_flag, "--out",
+                        f"{rel}/contrastive.json"],
         # The off-policy benchmark caches its SFT teacher/student in --work: one folder per profile.
         "offpolicy": [*py, "scripts/bench_offpolicy.py", *extra["offpolicy"], "--work",
                       f"{rel}/offpolicy_runs_{profile}", "--out", f"{rel}/offpolicy.json"],
@@ -112,7 +118,7 @@ def _get(record: dict, *keys):
 
 
 def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
-    vs_trl, step, loss, offpolicy = (runs.get(n, {}) for n in NAMES)
+    vs_trl, step, loss, contrastive, offpolicy = (runs.get(n, {}) for n in NAMES)
     results = {
         "device": device_name(threads),
         "profile": profile,
@@ -129,6 +135,7 @@ def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
         "step_overhead_ratio_response_only": _get(step, "step_overhead_ratio_response_only"),
         "loss_memory_ratio": _get(loss, "loss_memory_ratio"),
         "loss_time_ratio": _get(loss, "loss_time_ratio"),
+        "contrastive_memory_ratio": _get(contrastive, "contrastive_memory_ratio"),
         "offpolicy_speedup": _get(offpolicy, "offpolicy_speedup"),
     }
     if _get(step, "mfu") is not None:
@@ -160,6 +167,8 @@ def print_table(results: dict) -> None:
          "x, strict: divergence + glue"),
         ("fused loss / full: peak memory", _fmt(results["loss_memory_ratio"]), "x, worst loss, lower is better"),
         ("fused loss / full: time", _fmt(results["loss_time_ratio"]), "x, worst loss, lower is better"),
+        ("distillm2 step / skew_rkl step: peak memory", _fmt(results.get("contrastive_memory_ratio")),
+         "x, same response tokens, target <= 1.25"),
         ("adaptive off-policy speed-up", _fmt(results["offpolicy_speedup"]), "x vs on-policy, higher is better"),
     ]
     if "mfu" in results:

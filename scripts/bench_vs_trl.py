@@ -115,8 +115,9 @@ def distillm_batches(ids) -> list[dict]:
     return [collate(examples[i:i + BATCH], pad_id=VOCAB - 1) for i in range(0, len(examples), BATCH)]
 
 
-def compose_distill_config(*, steps: int, lr: float, threads: int, cuda: bool, run_dir: str):
-    """The distill stage's config, composed from the shipped Hydra configs."""
+def compose_distill_config(*, steps: int, lr: float, threads: int, cuda: bool, run_dir: str, loss: str = "fkl",
+                           batch: int = BATCH):
+    """The distill stage's config, composed from the shipped Hydra configs (loss=fkl unless told)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
@@ -125,8 +126,8 @@ def compose_distill_config(*, steps: int, lr: float, threads: int, cuda: bool, r
     register_configs()
     GlobalHydra.instance().clear()
     overrides = [
-        "stage=distill", "loss=fkl", "off_policy=none", "loss.temperature=1.0", "loss.kd_ratio=1.0",
-        f"train.max_steps={steps}", f"train.micro_batch_size={BATCH}", "train.grad_accum=1", f"train.lr={lr}",
+        "stage=distill", f"loss={loss}", "off_policy=none", "loss.temperature=1.0", "loss.kd_ratio=1.0",
+        f"train.max_steps={steps}", f"train.micro_batch_size={batch}", "train.grad_accum=1", f"train.lr={lr}",
         "train.weight_decay=0.0", "train.warmup_steps=0", "train.grad_clip=1.0", "train.eval_interval=0",
         "train.save_interval=0", f"threads={threads}", f"device={'cuda' if cuda else 'cpu'}",
         f"model.dtype={'bfloat16' if cuda else 'float32'}", f"run_dir={run_dir}", "overwrite=true",

@@ -21,7 +21,7 @@ never stops the next ones (a step that needs a failed one's output is skipped, s
   evaluate          evaluate the student before training and both distilled students on the
                     teacher's test answers (ROUGE-L, exact match, KL to the teacher on the GPU)
   bench_*           scripts/bench.py --quick, one benchmark per step (vs_trl, step, loss,
-                    offpolicy): bench.py runs the model benchmarks in bf16 on CUDA and adds MFU
+                    contrastive, offpolicy): bench.py runs the model benchmarks in bf16 on CUDA and adds MFU
 
 With more than one GPU the distill steps run under the `deepspeed` launcher (--num_gpus N
 --no_local_rank --module distillm_cli.cli), so NCCL carries the all-reduces, ZeRO-3's
@@ -62,7 +62,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = "smollm2-student-0.1.2.27.28.29"
-BENCHMARKS = ("vs_trl", "step", "loss", "offpolicy")
+BENCHMARKS = ("vs_trl", "step", "loss", "contrastive", "offpolicy")
 MIN_STEP_SECONDS = 20  # a step is not started with less of the budget left than this
 
 # Sizes of the run. "full": what `make gpu-check` runs on a GPU (well inside 10 minutes on an
@@ -76,7 +76,7 @@ SIZES = {
 # Per-step time limits in seconds; the overall --budget caps them further.
 TIMEOUTS = {"environment": 120, "convert": 300, "teacher_train": 150, "teacher_test": 120, "distill_zero0": 180,
             "distill_zero3": 240, "generate_student": 120, "evaluate": 180, "bench_vs_trl": 240,
-            "bench_step": 150, "bench_loss": 180, "bench_offpolicy": 300}
+            "bench_step": 150, "bench_loss": 180, "bench_contrastive": 120, "bench_offpolicy": 300}
 
 PROBE = r"""
 import json, os, torch
@@ -425,7 +425,8 @@ class Plan:
         keep = {"device": results.get("device"), **{k: v for k, v in results.get("vs_trl", {}).items()
                                                      if v is not None and k in ("throughput_ratio",
                                                                                 "peak_memory_ratio")}}
-        for key in ("step_overhead_ratio", "mfu", "loss_memory_ratio", "loss_time_ratio", "offpolicy_speedup"):
+        for key in ("step_overhead_ratio", "mfu", "loss_memory_ratio", "loss_time_ratio", "contrastive_memory_ratio",
+                    "offpolicy_speedup"):
             if results.get(key) is not None:
                 keep[key] = results[key]
         if results.get("failed"):
@@ -459,7 +460,8 @@ def short_figures(name: str, record: dict) -> str:
     elif name.startswith("bench_") and f:
         labels = {"throughput_ratio": "vs TRL tok/s", "peak_memory_ratio": "vs TRL memory",
                   "step_overhead_ratio": "step/parts", "mfu": "MFU", "loss_memory_ratio": "loss memory",
-                  "loss_time_ratio": "loss time", "offpolicy_speedup": "off-policy speed-up"}
+                  "loss_time_ratio": "loss time", "contrastive_memory_ratio": "distillm2/skew_rkl memory",
+                  "offpolicy_speedup": "off-policy speed-up"}
         parts += [f"{label} {100 * f[k]:.1f}%" if k == "mfu" else f"{label} {f[k]:.2f}x"
                   for k, label in labels.items() if isinstance(f.get(k), (int, float))]
     peak = record.get("peak") or {}

@@ -205,3 +205,21 @@ def test_generate_student_marks_responses_cut_by_the_limit(qwen_pair, tmp_path):
     assert all(isinstance(line["truncated"], bool) for line in lines) and any(line["truncated"] for line in lines)
     settings = json.loads((run_dir / "sampling.json").read_text())["transformers"]["teacher"]
     assert settings["max_new_tokens"] == 3 and settings["suppress_tokens"] == list(range(403, 419))
+
+
+def test_distillm2_pairs_are_curated_on_chat_rendered_prompts(qwen_pair, tmp_path):
+    """DistiLLM-2's curation as the authors run it: the prompt through the chat template, both models answer."""
+    from .conftest import run_cli
+
+    folder = write_messages_dataset(tmp_path / "chats", n=8)
+    run_dir = tmp_path / "pairs"
+    result = run_cli("generate-student", "experiment=distillm2", "generate.pairs=true", f"model.teacher={qwen_pair[0]}",
+                     f"model.student={qwen_pair[1]}", "data=hf", f"data.hub_id={folder}", "data.valid_size=2",
+                     "generation.max_new_tokens=4", "generate.max_prompts=3", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in (run_dir / "generations.jsonl").read_text().splitlines()]
+    assert len(lines) == 3
+    for line in lines:
+        assert line["prompt"].startswith("<|im_start|>") and line["prompt"].endswith("<|im_start|>assistant\n")
+        assert {"teacher_response", "student_response", "teacher_truncated", "student_truncated"} <= set(line)
+    assert lines[0]["sampling"]["temperature"] == 0.8 and lines[0]["sampling"]["top_p"] == 0.95

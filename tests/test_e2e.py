@@ -111,7 +111,7 @@ def test_a_run_dir_with_another_config_is_not_overwritten(tmp_path):
 
 def test_distillm2_pipeline_curates_pairs_and_regenerates(tmp_path):
     run_dir = tmp_path / "d2"
-    result = run_cli("pipeline", "experiment=distillm2", "loss.regenerate=true", "train.max_steps=4",
+    result = run_cli("pipeline", "experiment=distillm2", "loss.regenerate=both", "train.max_steps=4",
                      "train.micro_batch_size=4", "eval.max_examples=8", "generate.max_prompts=8",
                      "generation.max_new_tokens=12", "eval.sampling.max_new_tokens=12", f"run_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -121,6 +121,13 @@ def test_distillm2_pipeline_curates_pairs_and_regenerates(tmp_path):
     betas = [m["beta"] for m in metrics]
     assert betas[0] == 0.5 and betas[-1] == pytest.approx(1.0) and betas == sorted(betas)
     assert all(0.01 <= m["alpha_t"] <= 0.1 and 0.01 <= m["alpha_s"] <= 0.1 for m in metrics)
+    # Validation on pairs curated for the validation prompts, never on training pairs.
+    valid = [json.loads(line)["prompt"] for line in (run_dir / "generate_valid" / "generations.jsonl").open()]
+    train = {json.loads(line)["prompt"] for line in (run_dir / "generate" / "generations.jsonl").open()}
+    assert valid and not set(valid) & train
+    summary = json.loads((run_dir / "distill" / "summary.json").read_text())
+    assert summary["validation"] == f"{len(valid)} held-out pairs" and summary["val_loss"] > 0
+    assert all(m["tokens"] > m["loss_units"] for m in metrics)  # progress counts tokens, the loss averages prompts
     assert set(json.loads((run_dir / "evaluate" / "summary.json").read_text())["models"]) == {
         "teacher", "sft_student", "distilled"}
 

@@ -633,6 +633,80 @@ def test_distillm2_float32_and_shapes():
         distillm2(st, tt, mt, ss, ts, ms, alpha_s=torch.tensor([0.1, 1.0]))
 
 
+def _pair_logits(n=3, T=9, V=13, seed=40, dtype=torch.float64):
+    """[2n, T, V] logits of a pair batch [teacher responses; student responses] and its label mask:
+    prompts of different lengths (mask False in front), right padding (False behind)."""
+    s, t, _ = make(B=2 * n, T=T, V=V, seed=seed, dtype=dtype)
+    keep = torch.zeros(2 * n, T, dtype=torch.bool)
+    for row, (start, stop) in enumerate([(3, 9), (1, 5), (4, 7), (2, 8), (5, 6), (3, 3)][:2 * n]):
+        keep[row, start:stop] = True  # the last student response has no tokens
+    return s, t, keep
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-6), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_distillm2_rows_equal_the_dense_loss_on_a_padded_pair_batch(dtype, tol, beta, per_sample):
+    from distillm_cli.losses import distillm2_rows
+
+    n = 3
+    s, t, keep = _pair_logits(n=n, dtype=dtype)
+    alpha_t = torch.tensor([0.1, 0.05, 0.01], dtype=torch.float64) if per_sample else 0.1
+    alpha_s = torch.tensor([0.02, 0.1, 0.07], dtype=torch.float64) if per_sample else 0.05
+    params = dict(alpha_t=alpha_t, alpha_s=alpha_s, beta=beta, temperature=1.5, chunk_size=2)
+
+    dense_x = s.clone().requires_grad_()
+    dense = distillm2(dense_x[:n], t[:n], keep[:n], dense_x[n:], t[n:], keep[n:], **params)
+    dense.backward()
+    rows_x = s.clone().requires_grad_()
+    sample = keep.nonzero(as_tuple=True)[0]  # the sequence of each row, as response_logits orders them
+    rows = distillm2_rows(rows_x[keep].unsqueeze(0), t[keep].unsqueeze(0), sample, n, **params)
+    rows.backward()
+    assert rows.dtype == dense.dtype
+    assert rel_err(rows, dense) <= tol
+    scale = float(dense_x.grad.abs().max())
+    assert torch.allclose(rows_x.grad, dense_x.grad, rtol=tol, atol=tol * scale)
+    assert not bool(rows_x.grad[~keep].any())  # prompt and padding rows get nothing
+
+
+def test_distillm2_rows_take_rows_as_response_logits_gives_them_and_refuse_bad_ones():
+    from distillm_cli.losses import distillm2_rows
+
+    s, t, keep = _pair_logits(n=2, T=6, V=7, seed=41, dtype=torch.float32)
+    rows = s[keep].unsqueeze(0).requires_grad_()  # [1, N, V], what response_logits gives
+    teacher = t[keep].unsqueeze(0)
+    sample = keep.nonzero(as_tuple=True)[0]
+    loss = distillm2_rows(rows, teacher, sample, 2)
+    loss.backward()
+    assert rows.grad.shape == rows.shape and rows.grad.is_contiguous()
+    with torch.no_grad():
+        assert float(distillm2_rows(rows, teacher, sample, 2)) == pytest.approx(float(loss), rel=1e-6)
+    with pytest.raises(ValueError, match="before the student-response rows"):
+        distillm2_rows(rows, teacher, sample.flip(0), 2)
+    with pytest.raises(ValueError, match="sample values"):
+        distillm2_rows(rows, teacher, sample + 1, 2)
+    with pytest.raises(ValueError, match="rows"):
+        distillm2_rows(rows, teacher, sample[1:], 2)
+    with pytest.raises(ValueError, match="alpha_t"):
+        distillm2_rows(rows, teacher, sample, 2, alpha_t=torch.tensor([0.1, 0.1, 0.1]))
+    with pytest.raises(ValueError, match="same tokenizer"):
+        distillm2_rows(rows, teacher[..., :5], sample, 2)
+    empty = distillm2_rows(rows[:, :0], teacher[:, :0], sample[:0], 2)
+    assert float(empty.detach()) == 0.0
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-6), (torch.bfloat16, 1e-6)])
+def test_label_logprobs_match_log_softmax(dtype, tol):
+    from distillm_cli.losses import label_logprobs
+
+    x = (torch.randn(1, 37, 11, generator=torch.Generator().manual_seed(42), dtype=torch.float64) * 4).to(dtype)
+    labels = torch.randint(0, 11, (1, 37), generator=torch.Generator().manual_seed(43))
+    want = torch.log_softmax(x.double(), -1).gather(-1, labels[..., None]).reshape(-1)
+    got = label_logprobs(x, labels, chunk_size=4)
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and got.shape == (37,)
+    assert torch.allclose(got.double(), want, rtol=0, atol=tol * 10)
+
+
 # ----------------------------------------------------------------------------
 # Parameter checks
 # ----------------------------------------------------------------------------
@@ -731,3 +805,66 @@ def test_response_logits_of_an_all_masked_batch_count_nothing():
     t_logits, _ = response_logits(teacher, batch, torch.device("cpu"), 50)
     value, stats = kd_objective(s_logits, t_logits, labels, loss="fkl", normalizer=1.0)
     assert float(value) == 0.0 and stats["tokens"] == 0.0
+
+
+def _padded_pair_batch():
+    """A pair batch [teacher responses; student responses] of 2 prompts: prompts of different
+    lengths, responses of different lengths, right padding, labels -100 on prompt and padding."""
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 50, (4, 12), generator=g)
+    attention = torch.ones(4, 12, dtype=torch.long)
+    labels = ids.clone()
+    for row, (prompt, length) in enumerate([(4, 12), (2, 7), (4, 9), (2, 10)]):
+        ids[row, length:] = 49
+        attention[row, length:] = 0
+        labels[row, :prompt - 1] = -100
+        labels[row, length - 1:] = -100
+        ids[row + 2 if row < 2 else row - 2, :prompt] = ids[row, :prompt]  # both responses share the prompt
+    return {"input_ids": ids, "attention_mask": attention, "labels": labels, "pairs": torch.tensor(2)}
+
+
+def test_the_pair_step_on_response_rows_equals_the_dense_pair_step():
+    """DistiLLM-2's step (batch_pair_loss: head on response rows, chunked gap) against the dense one it
+    replaced (logits at every position, mean_label_probability on them): loss, alphas and gradients."""
+    from distillm_cli.models.loading import forward_logits
+    from distillm_cli.runtime import Runtime
+    from distillm_cli.teacher import LiveTeacher
+    from distillm_cli.train.contrastive import AlphaCurriculum, mean_label_probability
+    from distillm_cli.train.objectives import batch_pair_loss
+
+    cpu = torch.device("cpu")
+    runtime = Runtime(rank=0, world_size=1, device=cpu)
+    batch = _padded_pair_batch()
+    for student, teacher_model in (_tiny_causal_lms(), _tiny_causal_lms()[::-1]):
+        teacher = LiveTeacher(teacher_model, cpu, 50)
+        # Past the first epoch with a target, so the alphas depend on the gap.
+        curricula = [AlphaCurriculum(0.1, 0.01, enabled=True, first_epoch_steps=1) for _ in range(2)]
+        for c in curricula:
+            c.target_sum, c.target_count = 0.004, 1
+
+        def alphas(gap, curricula=curricula):
+            return curricula[0].alphas(1, gap[:2]), curricula[1].alphas(1, gap[2:])
+
+        student.zero_grad()
+        loss, alpha_t, alpha_s = batch_pair_loss(student, teacher, batch, runtime, 50, alphas=alphas, beta=0.7,
+                                                 temperature=1.0, chunk_size=3)
+        loss.backward()
+        rows_grads = [p.grad.clone() for p in student.parameters()]
+
+        student.zero_grad()
+        labels = batch["labels"]
+        t_logits = teacher.logits(batch)  # [4, T, V]
+        s_logits = forward_logits(student, batch, cpu, 50)
+        gap = mean_label_probability(t_logits, labels) - mean_label_probability(s_logits.detach(), labels)
+        dense_t, dense_s = alphas(gap)
+        assert not torch.equal(alpha_t, torch.full_like(alpha_t, 0.1))  # the curriculum is live
+        # The dense gap was float32 (mean_label_probability upcasts to float32 only): alike to its rounding.
+        assert torch.allclose(alpha_t, dense_t, rtol=0, atol=1e-6)
+        assert torch.allclose(alpha_s, dense_s, rtol=0, atol=1e-6)
+        keep = labels != -100  # the same alphas into the dense loss: the rest must agree to float64 rounding
+        dense = distillm2(s_logits[:2], t_logits[:2], keep[:2], s_logits[2:], t_logits[2:], keep[2:],
+                          alpha_t=alpha_t, alpha_s=alpha_s, beta=0.7, chunk_size=3)
+        dense.backward()
+        assert rel_err(loss, dense) <= 1e-10
+        for a, b in zip(rows_grads, (p.grad for p in student.parameters())):
+            assert torch.allclose(a, b, rtol=1e-8, atol=1e-10 * float(b.abs().max()))

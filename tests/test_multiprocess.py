@@ -203,7 +203,7 @@ def test_distillm2_regenerated_pairs_survive_a_kill(tmp_path):
                      "generation.max_new_tokens=8", f"run_dir={pairs}")
     assert result.returncode == 0, result.stderr[-3000:]
     # 16 pairs, 2 per rank per step on 2 ranks: an epoch is 4 steps.
-    args = ["distill", "experiment=distillm2", "loss.regenerate=true", f"generations={pairs / 'generations.jsonl'}",
+    args = ["distill", "experiment=distillm2", "loss.regenerate=student", f"generations={pairs / 'generations.jsonl'}",
             "train.max_steps=8", "train.save_interval=6", "train.micro_batch_size=2", "generation.max_new_tokens=8",
             "train.eval_interval=0"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"

@@ -53,3 +53,14 @@ def generate_across_ranks(answer: Callable[[list[list[int]], int], Any], batches
 def batched(items: list, size: int) -> list[list]:
     """Consecutive pieces of `size` (the last may be shorter)."""
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def generate_all(generator, prompts: list[list[int]], *, seed: int, batch_size: int, runtime: Runtime,
+                 sharded: bool = False) -> list[list[int]]:
+    """One response per prompt, in order, on every rank: the batches shared out and gathered."""
+    responses = []
+    for _, results in generate_across_ranks(lambda batch, batch_seed: generator.generate(batch, seed=batch_seed),
+                                            batched(prompts, batch_size), seed=seed, runtime=runtime,
+                                            sharded=sharded):
+        responses += [response for batch in results for response in batch]
+    return responses

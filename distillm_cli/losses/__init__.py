@@ -4,6 +4,8 @@
         name in fkl, rkl, skew_fkl, skew_rkl, jsd, tvd; logits [B, T, V], mask [B, T] bool
     kd_objective(...)   kd_ratio * divergence + (1 - kd_ratio) * CE over response tokens
     distillm2(...)      DistiLLM-2's contrastive loss over teacher / student response pairs
+    distillm2_rows(...) the same loss on the response rows of a pair batch ([1, N, V], a sample index per row)
+    label_logprobs(...) log-probability of each row's label, chunked (DistiLLM-2's alpha curriculum)
 
     dense.py   every loss over full-vocabulary logits, fused and chunked (no [N, V] temporaries
                beyond one chunk; the gradient formed in the forward pass)
@@ -16,14 +18,16 @@ from .dense import (
            LOSSES,
            check_loss_params,
            distillm2,
+           distillm2_rows,
            fkl,
            jsd,
            kd_objective,
+           label_logprobs,
            rkl,
            skew_fkl,
            skew_rkl,
            tvd,
 )
 
-__all__ = ["LOSSES", "LOSS_NAMES", "check_loss_params", "distillm2", "fkl", "jsd", "kd_objective", "rkl",
-           "skew_fkl", "skew_rkl", "tvd"]
+__all__ = ["LOSSES", "LOSS_NAMES", "check_loss_params", "distillm2", "distillm2_rows", "fkl", "jsd",
+           "kd_objective", "label_logprobs", "rkl", "skew_fkl", "skew_rkl", "tvd"]

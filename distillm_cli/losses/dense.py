@@ -40,7 +40,10 @@ buffer has the student's dtype and backward hands it on as it is (scaled when
 the incoming gradient is not 1), so beyond the logits and that buffer, which is
 the gradient autograd would hold anyway, only 2–4 chunk-sized work arrays
 exist; they are allocated once per call and reused by every chunk (on CPU a
-fresh allocation per chunk costs page faults). For fp16 / bf16 students the
+fresh allocation per chunk costs page faults). A loss made of different
+divergences on different rows (distillm2_rows: SKL on the teacher-response rows, SRKL on
+the student-response rows) runs one pass per part into the same single buffer
+(_fused_parts). For fp16 / bf16 students the
 buffer is float32 (the compute dtype) and backward first multiplies it by the
 incoming gradient, in float32, and only then rounds to the student's dtype, as
 autograd through an upcast would: a token-normalised loss has per-entry
@@ -353,10 +356,11 @@ def _budget_rows(vocab, dtype, device):
     return max(1, budget // (vocab * torch.finfo(dtype).bits // 8))
 
 
-def _fused_forward(student, teacher, mask, labels, spec, need_grad):
+def _fused_forward(student, teacher, mask, labels, spec, need_grad, buf=None):
     """One chunked pass over the kept rows. Returns (objective, div_sum, ce_sum, grad_buffer or None).
 
-    student, teacher: [B, T, V]; mask: [B, T] bool; labels: [B, T] long or None.
+    student, teacher: [B, T, V]; mask: [B, T] bool; labels: [B, T] long or None; buf: where
+    the gradient goes ([B, T, V], contiguous, of _grad_dtype), made here when None.
     """
     B, T, V = student.shape
     cdt = _compute_dtype(student, teacher)
@@ -397,10 +401,14 @@ def _fused_forward(student, teacher, mask, labels, spec, need_grad):
 
     step = max(1, min(int(spec.chunk_size), _budget_rows(V, cdt, device)))
     ws = _Workspace(min(step, max(n_rows, 1)), V, cdt, device)
-    buf = buf_rows = None
+    buf_rows = None
     if need_grad:
         # every row is written when all are kept; otherwise masked rows stay 0
-        buf = (torch.empty if all_kept else torch.zeros)((B, T, V), dtype=_grad_dtype(student.dtype), device=device)
+        if buf is None:
+            buf = (torch.empty if all_kept else torch.zeros)((B, T, V), dtype=_grad_dtype(student.dtype),
+                                                             device=device)
+        elif not all_kept:
+            buf.zero_()
         buf_rows = buf.view(B * T, V)
     direct = need_grad and all_kept and buf.dtype == cdt  # write the gradient straight into buf
     objective = torch.zeros((), dtype=cdt, device=device)
@@ -430,11 +438,36 @@ def _fused_forward(student, teacher, mask, labels, spec, need_grad):
     return objective, div_sum, ce_sum, buf
 
 
+def _fused_parts(student, teacher, mask, labels, spec, need_grad):
+    """_fused_forward with one spec, or with a different spec on each part of the batch dimension.
+
+    spec: a _Spec, or a list of (lo, hi, _Spec | None) that covers 0..B in order; a part
+    with None adds nothing and gets a zero gradient. Every part writes its gradient into
+    its rows of one buffer, so a loss that is a different divergence on different rows
+    (distillm2_rows) holds one gradient of the student's size, as a single loss does.
+    """
+    if isinstance(spec, _Spec):
+        return _fused_forward(student, teacher, mask, labels, spec, need_grad)
+    cdt = _compute_dtype(student, teacher)
+    buf = torch.empty(student.shape, dtype=_grad_dtype(student.dtype), device=student.device) if need_grad else None
+    totals = [torch.zeros((), dtype=cdt, device=student.device) for _ in range(3)]  # objective, div_sum, ce_sum
+    for lo, hi, part in spec:
+        if part is None or hi <= lo:
+            if need_grad:
+                buf[lo:hi].zero_()
+            continue
+        sliced = [None if x is None else x[lo:hi] for x in (student, teacher, mask, labels)]
+        *sums, _ = _fused_forward(*sliced, part, need_grad, buf=buf[lo:hi] if need_grad else None)
+        totals = [a + b for a, b in zip(totals, sums)]
+    return (*totals, buf)
+
+
 class _FusedLoss(torch.autograd.Function):
     """Chunked loss whose forward also forms d(objective)/d(student logits).
 
     forward(student [B, T, V], teacher [B, T, V] | None, mask [B, T], labels [B, T] | None, spec)
-    → (objective, div_sum, ce_sum); only the objective is differentiable. The
+    → (objective, div_sum, ce_sum); only the objective is differentiable (spec: see
+    _fused_parts). The
     gradient buffer (shape of the student logits; student dtype, float32 for
     fp16 / bf16 students) is the only tensor kept for backward; the teacher
     never gets a gradient.
@@ -442,7 +475,7 @@ class _FusedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student, teacher, mask, labels, spec):
-        objective, div_sum, ce_sum, buf = _fused_forward(student, teacher, mask, labels, spec, need_grad=True)
+        objective, div_sum, ce_sum, buf = _fused_parts(student, teacher, mask, labels, spec, need_grad=True)
         ctx.save_for_backward(buf)
         ctx.student_dtype = student.dtype
         ctx.mark_non_differentiable(div_sum, ce_sum)
@@ -486,7 +519,7 @@ def _run(student, teacher, mask, labels, spec):
     """Dispatch: the autograd Function when the student needs a gradient, else a plain pass."""
     if torch.is_grad_enabled() and student.requires_grad:
         return _FusedLoss.apply(student, teacher, mask, labels, spec)
-    objective, div_sum, ce_sum, _ = _fused_forward(student, teacher, mask, labels, spec, need_grad=False)
+    objective, div_sum, ce_sum, _ = _fused_parts(student, teacher, mask, labels, spec, need_grad=False)
     return objective, div_sum, ce_sum
 
 
@@ -687,3 +720,103 @@ def distillm2(student_logits_t, teacher_logits_t, mask_t, student_logits_s, teac
         objective, _, _ = _run(student, teacher, mask, None, spec)
         total = total + objective
     return total
+
+
+def _as_rows(x, what):
+    """[N, V] or [1, N, V] logit rows as an [N, 1, V] view: a batch of N one-position sequences."""
+    if x.dim() == 3 and x.shape[0] == 1:
+        x = x.reshape(x.shape[1], x.shape[2])
+    if x.dim() != 2:
+        raise ValueError(f"{what} must be response rows [N, V] or [1, N, V], got shape {tuple(x.shape)}")
+    return x.reshape(x.shape[0], 1, x.shape[1])  # a view: the gradient comes back without a copy
+
+
+def distillm2_rows(student_logits, teacher_logits, sample, pairs, *, alpha_t=0.1, alpha_s=0.1, beta=0.5,
+                   temperature=1.0, chunk_size=1024):
+    """DistiLLM-2's contrastive loss (``distillm2``) on the response rows of a pair batch.
+
+    The same loss, read from the N = N_t + N_s response positions alone instead of
+    full [B, T, V] logits. For prompts b = 0..B−1 (B = ``pairs``) with a teacher
+    response y_t,b and a student response y_s,b:
+
+        L = 1/B Σ_b [ (1−β) · SKL_{α_t,b}(x_b, y_t,b)  +  β · SRKL_{α_s,b}(x_b, y_s,b) ]
+
+    SKL = KL(p ‖ α p + (1−α) q), SRKL = KL(q ‖ α q + (1−α) p) with the student
+    detached inside the SRKL mixture, each a token mean over its response. Row r
+    of response s_r is weighted (1−β) / (B · |y_t,s_r|) or β / (B · |y_s,s_r−B|).
+
+    student_logits, teacher_logits: [1, N, V] or [N, V], the rows of the pair batch
+    [teacher responses; student responses] at its label positions in batch order, as
+    ``response_logits`` / ``teacher.response_logits`` return them. sample: [N] long,
+    the sequence of each row: b < B the teacher response of prompt b, B + b its
+    student response; every teacher-response row comes before every student-response
+    row. alpha_t / alpha_s: float or [B] tensor (per-sample α); beta ∈ [0, 1].
+    A response with no rows contributes 0. One fused chunked pass over all rows, one
+    gradient buffer the size of the student rows. Returns a scalar (float32, or
+    float64 for float64 inputs).
+    """
+    student, teacher = _as_rows(student_logits, "student_logits"), _as_rows(teacher_logits, "teacher_logits")
+    if teacher.shape != student.shape:
+        raise ValueError(f"teacher rows {tuple(teacher_logits.shape)} and student rows "
+                         f"{tuple(student_logits.shape)} differ in shape: use a teacher and student with the "
+                         "same tokenizer and vocabulary size")
+    if not student.is_floating_point() or not teacher.is_floating_point():
+        raise ValueError("logits must be a floating-point tensor")
+    n_rows, B = student.shape[0], int(pairs)
+    sample = torch.as_tensor(sample, device=student.device).long().reshape(-1)
+    if sample.numel() != n_rows:
+        raise ValueError(f"sample must give the sequence of each of the {n_rows} rows, got {sample.numel()}")
+    if n_rows and (int(sample.min()) < 0 or int(sample.max()) >= 2 * B):
+        raise ValueError(f"sample values must lie in [0, {2 * B}): the pair batch holds {2 * B} sequences")
+    teacher_part = sample < B
+    n_t = int(teacher_part.sum())
+    if bool(teacher_part[n_t:].any()):
+        raise ValueError("the teacher-response rows (sample < pairs) must all come before the student-response rows")
+    for alpha, what in ((alpha_t, "alpha_t"), (alpha_s, "alpha_s")):
+        _check_alpha(alpha, what)
+        if torch.is_tensor(alpha) and alpha.numel() != B:
+            raise ValueError(f"{what} must be a float or hold one alpha per prompt ({B}), got {alpha.numel()}")
+    beta = float(beta)
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"distillm2 beta={beta} must lie in [0, 1]")
+    cdt = _compute_dtype(student, teacher)
+    tokens = torch.bincount(sample, minlength=2 * B).clamp(min=1).to(cdt)[sample]  # [N] rows of the row's response
+    parts = []
+    for lo, hi, name, alpha, weight, detach, first in ((0, n_t, "skew_fkl", alpha_t, 1.0 - beta, False, 0),
+                                                        (n_t, n_rows, "skew_rkl", alpha_s, beta, True, B)):
+        if weight == 0.0:
+            parts.append((lo, hi, None))
+            continue
+        # Rows are the batch dimension of the [N, 1, V] view, so weight and alpha are per row,
+        # indexed within the part (_fused_parts hands each part its slice of the rows).
+        if torch.is_tensor(alpha):
+            alpha = alpha.to(device=student.device, dtype=cdt)[sample[lo:hi] - first]  # [hi - lo]
+        spec = _Spec(name=name, alpha=alpha, temperature=float(temperature), detach=detach,
+                     scale=weight / (B * tokens[lo:hi]), chunk_size=int(chunk_size))
+        parts.append((lo, hi, spec))
+    objective, _, _ = _run(student, teacher, torch.ones((n_rows, 1), dtype=torch.bool, device=student.device),
+                           None, parts)
+    return objective
+
+
+@torch.no_grad()
+def label_logprobs(logits, labels, *, chunk_size=1024):
+    """log softmax(logits)[label] of each row, computed in chunks of rows.
+
+    logits: [N, V] or [1, N, V] (any float dtype); labels: [N] or [1, N] token ids (no −100).
+    Returns [N] in float32 (float64 for float64 logits). Only chunk-sized temporaries exist
+    (a float32 copy of a half-precision chunk, logsumexp's work array), within the fused
+    losses' CHUNK_BYTES, never a float copy of all N rows.
+    """
+    V = logits.shape[-1]
+    rows, y = logits.reshape(-1, V), labels.reshape(-1).to(logits.device)  # [N, V], [N]
+    if y.numel() != rows.shape[0]:
+        raise ValueError(f"labels ({y.numel()}) and logit rows ({rows.shape[0]}) differ in number")
+    cdt = _compute_dtype(logits)
+    out = torch.empty(rows.shape[0], dtype=cdt, device=logits.device)
+    step = max(1, min(int(chunk_size), _budget_rows(V, cdt, logits.device)))
+    for lo in range(0, rows.shape[0], step):
+        hi = min(rows.shape[0], lo + step)
+        x = rows[lo:hi].to(cdt)  # [n, V]
+        out[lo:hi] = x.gather(1, y[lo:hi, None]).squeeze(1) - torch.logsumexp(x, dim=-1)
+    return out

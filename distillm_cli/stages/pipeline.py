@@ -3,7 +3,9 @@
   sft-teacher      -> <run_dir>/sft_teacher     the teacher
   sft-student      -> <run_dir>/sft_student     the student's start, the SFT-only baseline
   generate-student -> <run_dir>/generate        the teacher answers the unlabelled prompts
-                                                (loss=distillm2: teacher and student response pairs)
+                                                (loss=distillm2: teacher and student response pairs,
+                                                and <run_dir>/generate_valid: pairs for the
+                                                validation prompts, distill's validation loss)
   distill          -> <run_dir>/distill         SFT student + teacher answers + off-policy samples
   evaluate         -> <run_dir>/evaluate        teacher vs SFT-only vs distilled
 
@@ -46,12 +48,20 @@ def run(cfg) -> dict:
 
     root = Path(cfg.run_dir)
     ckpt = {name: str(root / name / "checkpoint") for name in ("sft_teacher", "sft_student", "distill")}
+    distill_inputs = [f"teacher_dir={ckpt['sft_teacher']}", f"student_dir={ckpt['sft_student']}",
+                      f"generations={root / 'generate' / 'generations.jsonl'}"]
+    curate_valid = []
+    if cfg.loss.name == "distillm2":  # held-out pairs for the validation prompts: distill's validation loss
+        valid_prompts = cfg.train.micro_batch_size * cfg.train.valid_batches
+        curate_valid = [("generate_valid", "generate-student", [*generate_overrides(cfg, ckpt),
+                         f"generate.split={cfg.data.valid_split}", f"generate.max_prompts={valid_prompts}"])]
+        distill_inputs.append(f"valid_generations={root / 'generate_valid' / 'generations.jsonl'}")
     plan = [
         ("sft_teacher", "sft-teacher", []),
         ("sft_student", "sft-student", []),
         ("generate", "generate-student", generate_overrides(cfg, ckpt)),
-        ("distill", "distill", [f"teacher_dir={ckpt['sft_teacher']}", f"student_dir={ckpt['sft_student']}",
-                                f"generations={root / 'generate' / 'generations.jsonl'}"]),
+        *curate_valid,
+        ("distill", "distill", distill_inputs),
         ("evaluate", "evaluate", [f"+eval.models.teacher={ckpt['sft_teacher']}",
                                   f"+eval.models.sft_student={ckpt['sft_student']}",
                                   f"+eval.models.distilled={ckpt['distill']}", f"eval.teacher={ckpt['sft_teacher']}"]),
@@ -63,27 +73,27 @@ def run(cfg) -> dict:
         sub_cfg = compose(config_name="config",
                           overrides=[*user, f"stage={stage.replace('-', '_')}", f"run_dir={sub_dir}", *extra])
         if cfg.resume == "auto" and (sub_dir / "summary.json").exists():
-            summaries[stage] = json.loads((sub_dir / "summary.json").read_text())
-            seconds[stage] = None  # finished by an earlier run: no time spent now
+            summaries[folder] = json.loads((sub_dir / "summary.json").read_text())
+            seconds[folder] = None  # finished by an earlier run: no time spent now
             continue
         if preempted_earlier():  # SIGTERM during the last step of the stage before: stop before this one
             raise Preempted(f"stopped by SIGTERM before {stage}; run the same command with resume=auto to continue")
         started = time.perf_counter()
-        summaries[stage] = STAGES[stage](sub_cfg)
-        seconds[stage] = time.perf_counter() - started
+        summaries[folder] = STAGES[stage](sub_cfg)
+        seconds[folder] = time.perf_counter() - started
 
-    def took(*stages: str) -> str:
-        spent = [seconds[stage] for stage in stages if seconds[stage] is not None]
+    def took(*folders: str) -> str:
+        spent = [seconds[folder] for folder in folders if seconds.get(folder) is not None]
         return f"{sum(spent):.0f}s" if spent else "earlier run"
 
     scores = summaries["evaluate"]["models"]
-    stage_of = {"teacher": "sft-teacher", "sft_student": "sft-student", "distilled": "distill"}
+    stage_of = {"teacher": "sft_teacher", "sft_student": "sft_student", "distilled": "distill"}
     rows = []
     for name in ("teacher", "sft_student", "distilled"):
         s = scores[name]
         rows.append([name, f"{s['rouge_l']['mean']:.2f}", f"{s['exact_match']['mean']:.1f}",
                      took(stage_of[name])])
-    rows.append(["(generate + evaluate)", "", "", took("generate-student", "evaluate")])
+    rows.append(["(generate + evaluate)", "", "", took("generate", "generate_valid", "evaluate")])
     print_table("distillm pipeline", ["model", "ROUGE-L", "exact match %", "stage time"], rows)
     summary = {"stage": "pipeline", "stage_seconds": seconds, "scores": {
         name: {"rouge_l": scores[name]["rouge_l"]["mean"], "exact_match": scores[name]["exact_match"]["mean"]}

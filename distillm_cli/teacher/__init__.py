@@ -33,6 +33,9 @@ class Teacher(Protocol):
     def logits(self, batch: dict) -> torch.Tensor:
         """Logits [B, T, V] at every position of the batch."""
 
+    # Optional: a teacher that can sample (a model in memory) also has
+    # generator(gen_cfg, tokenizer, max_length=...) -> Generator, for DistiLLM-2's regenerate=both.
+
 
 def load_teacher(cfg, tokenizer, runtime) -> Teacher:
     """The teacher of a distill run: teacher_dir (else model.teacher), placed for this run."""

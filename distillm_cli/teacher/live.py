@@ -14,8 +14,9 @@ from ..train.engine import build_frozen_engine, zero_stage
 
 
 class LiveTeacher:
-    def __init__(self, model, device: torch.device, vocab: int):
+    def __init__(self, model, device: torch.device, vocab: int, sharded: bool = False):
         self.model, self.device, self.vocab = model, device, vocab
+        self.sharded = sharded  # partitioned across ranks (ZeRO-3 with several processes)
 
     @classmethod
     def load(cls, cfg, tokenizer, runtime: Runtime) -> LiveTeacher:
@@ -27,13 +28,21 @@ class LiveTeacher:
         """A loaded model, frozen and placed like the student (sharded under ZeRO-3)."""
         model.eval()
         model.requires_grad_(False)
-        placed = build_frozen_engine(model, cfg) if zero_stage(cfg) == 3 else model.to(runtime.device)
-        return cls(placed, runtime.device, vocab)
+        zero3 = zero_stage(cfg) == 3
+        placed = build_frozen_engine(model, cfg) if zero3 else model.to(runtime.device)
+        return cls(placed, runtime.device, vocab, sharded=zero3 and runtime.world_size > 1)
 
     @classmethod
     def on_device(cls, model, tokenizer, runtime: Runtime) -> LiveTeacher:
         """An already loaded model, moved to the run's device (evaluate's KL reference)."""
         return cls(model.to(runtime.device).eval(), runtime.device, vocab_size(tokenizer))
+
+    def generator(self, gen_cfg, tokenizer, *, max_length: int):
+        """A generator that samples from the teacher (DistiLLM-2's regenerate=both)."""
+        from ..generation import make_generator
+
+        module = self.model.module if hasattr(self.model, "module") else self.model  # a frozen ZeRO-3 engine
+        return make_generator(module, gen_cfg, tokenizer, max_length=max_length, sharded=self.sharded)
 
     @torch.no_grad()
     def response_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,13 +20,21 @@ import torch
 from ..data.batches import collate
 from ..data.formats import IGNORE, Example, record_format
 from ..errors import UserError
+from ..losses import label_logprobs
 
 
-def beta_at(step: int, total_steps: int, beta0: float, schedule: str) -> float:
-    """beta at `step`: 'linear' goes from beta0 (step 0) to 1.0 (last step); 'constant' stays at beta0."""
+def beta_at(step: int, total_steps: int, beta0: float, schedule: str, beta_max: float = 1.0,
+            ramp_fraction: float = 1.0) -> float:
+    """beta at `step`. 'constant': beta0 throughout. 'linear': from beta0 at step 0 up to
+    beta_max at `ramp_fraction` of training (step ramp_fraction * (T - 1)), then beta_max.
+
+    The paper: beta0 0.5 to 1.0 over all of training. The authors' released trainer with its
+    gradual_beta switch on: 0.5 to 0.75 over the first half (beta_max 0.75, ramp_fraction 0.5).
+    """
     if schedule == "constant" or total_steps <= 1:
         return beta0
-    return beta0 + (1.0 - beta0) * step / (total_steps - 1)
+    progress = min(1.0, step / max(ramp_fraction * (total_steps - 1), 1e-12))
+    return beta0 + (beta_max - beta0) * progress
 
 
 @torch.no_grad()
@@ -38,6 +46,21 @@ def mean_label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     picked = logits.float().gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # [B, T]
     probs = torch.where(keep, (picked - log_z).exp(), torch.zeros_like(log_z))
     return probs.sum(1) / keep.sum(1).clamp_min(1)
+
+
+@torch.no_grad()
+def response_label_probability(logits: torch.Tensor, labels: torch.Tensor, sample: torch.Tensor, samples: int,
+                               chunk_size: int = 1024) -> torch.Tensor:
+    """mean_label_probability from response rows: logits [1, N, V] and labels [1, N] (response_logits),
+    sample [N] the sequence of each row -> [samples].
+
+    No [B, T, V] float copy: the label log-probabilities come from a chunked pass over the
+    rows (losses.label_logprobs), then a per-sample mean (index_add over the rows).
+    """
+    probs = label_logprobs(logits, labels, chunk_size=chunk_size).exp()  # [N]
+    sample = sample.to(probs.device)
+    sums = torch.zeros(samples, dtype=probs.dtype, device=probs.device).index_add_(0, sample, probs)
+    return sums / torch.bincount(sample, minlength=samples).clamp_min(1)
 
 
 class AlphaCurriculum:
@@ -99,23 +122,28 @@ def read_pairs(path: str, tokenizer, cfg) -> list[tuple[Example, Example]]:
 
 
 class RegeneratedPairs:
-    """The student halves of the training pairs once loss.regenerate has replaced them.
+    """The training pairs once loss.regenerate has replaced their responses.
 
-    Batched on-policy training swaps every pair's student response for a fresh sample
-    each epoch; a resumed run must train on the samples the interrupted one had, not on
-    the curated file's, so they are part of the resume point.
+    Batched on-policy training swaps every pair's student response (regenerate=student),
+    or both responses (both), for fresh samples each epoch; a resumed run must train on
+    the samples the interrupted one had, not on the curated file's, so they are part of
+    the resume point.
     """
 
     def __init__(self, stream):
         self.stream, self.regenerated = stream, False
 
-    def replace(self, student_examples: list[Example]) -> None:
-        self.stream.items = [(teacher, student) for (teacher, _), student in zip(self.stream.items, student_examples)]
+    def replace(self, teacher_examples: list[Example] | None, student_examples: list[Example]) -> None:
+        """New responses; teacher_examples None keeps the teacher halves."""
+        teachers = teacher_examples or [t for t, _ in self.stream.items]
+        self.stream.items = list(zip(teachers, student_examples))
         self.regenerated = True
 
     def state_dict(self) -> dict:
-        return {"student": [vars(s) for _, s in self.stream.items]} if self.regenerated else {}
+        if not self.regenerated:
+            return {}
+        return {"teacher": [vars(t) for t, _ in self.stream.items], "student": [vars(s) for _, s in self.stream.items]}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
-            self.replace([Example(**s) for s in state["student"]])
+            self.replace([Example(**t) for t in state["teacher"]], [Example(**s) for s in state["student"]])

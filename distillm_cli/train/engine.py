@@ -228,6 +228,10 @@ def _same_on_every_rank(value: str, step: int) -> list[str]:
     return values
 
 
+def _response_tokens(batch: dict) -> int:
+    return int((batch["labels"] != IGNORE).sum())
+
+
 @dataclass
 class StepPlan:
     """What one optimizer step trains on: grad_accum micro-batches plus fields to log."""
@@ -251,7 +255,8 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
     `state` maps names to objects with state_dict/load_state_dict that resume restores.
     `count_units` says what the loss averages over (default: response tokens; DistiLLM-2: prompts).
     """
-    count_units = count_units or (lambda batch: int((batch["labels"] != IGNORE).sum()))
+    loss_per_token = count_units is None
+    count_units = count_units or _response_tokens
     state = state or {}
     runlog = RunLog(run_dir, runtime)
     start_step = 0
@@ -283,9 +288,11 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
             plan = plan_step(step)
             if runtime.world_size > 1 and "data_source" in plan.info:
                 plan.info["data_source_ranks"] = _same_on_every_rank(plan.info["data_source"], step)
-            local_tokens = sum(count_units(b) for b in plan.micro_batches)
-            window_tokens = all_reduce_sum(local_tokens, runtime)
-            normalizer = max(window_tokens, 1.0) / runtime.world_size
+            window_units = all_reduce_sum(sum(count_units(b) for b in plan.micro_batches), runtime)
+            normalizer = max(window_units, 1.0) / runtime.world_size
+            # Progress and tokens/s always count response tokens, whatever the loss averages over.
+            window_tokens = window_units if loss_per_token else all_reduce_sum(
+                sum(_response_tokens(b) for b in plan.micro_batches), runtime)
             step_loss, step_stats = 0.0, {}
             for batch in plan.micro_batches:
                 loss, stats = micro_loss(batch, normalizer)
@@ -311,11 +318,11 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
                                 "train.on_nonfinite=skip")
             del step_stats["ok"]
             last_loss = all_reduce_sum(step_loss, runtime) / runtime.world_size
-            tokens_seen += local_tokens * runtime.world_size
+            tokens_seen += window_tokens
             per_token = max(step_stats.get("tokens", 0.0), 1.0)  # this rank's response tokens
             record = {"step": step + 1, "loss": last_loss, "lr": engine.get_lr()[0], "tokens": int(window_tokens),
                       **{k[:-4]: v / per_token for k, v in step_stats.items() if k.endswith("_sum")},
-                      **plan.info}
+                      **({} if loss_per_token else {"loss_units": int(window_units)}), **plan.info}
             if validation_loss is not None and cfg.train.eval_interval and (
                     (step + 1) % cfg.train.eval_interval == 0 or step + 1 == cfg.train.max_steps):
                 record["val_loss"] = last_val = validation_loss()

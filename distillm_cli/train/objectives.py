@@ -1,13 +1,17 @@
-"""The token-level distillation objective as the distill recipes use it: its settings from
-the loss config, its value on one batch (teacher seam + student forward + fused loss), and
-its token mean over the fixed validation batches."""
+"""The distillation objectives as the distill recipes use them: the token-level objective's
+settings from the loss config, its value on one batch (teacher seam + student forward + fused
+loss) and its token mean over the fixed validation batches; DistiLLM-2's on one pair batch."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
-from ..losses import kd_objective
+from ..data.formats import IGNORE
+from ..losses import distillm2_rows, kd_objective
 from ..models.loading import response_logits
 from ..runtime import Runtime
+from .contrastive import response_label_probability
 from .engine import mean_over_batches
 
 
@@ -35,3 +39,30 @@ def validation_kd_loss(engine, teacher, batches: list[dict], runtime: Runtime, v
 
     engine.eval()
     return mean_over_batches(loss_sum, batches, runtime)
+
+
+def batch_pair_loss(engine, teacher, batch: dict, runtime: Runtime, vocab: int, *,
+                    alphas: Callable[[torch.Tensor], tuple], beta: float, temperature: float,
+                    chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DistiLLM-2's loss on one pair batch [teacher responses; student responses] (pair_batch):
+    the mean over its prompts, as `losses.distillm2_rows` defines it. Returns (loss, alpha_t, alpha_s).
+
+    Both models run the output head on the response rows alone (teacher.response_logits,
+    response_logits: [1, N_t + N_s, V], never a prompt or padding position). The alpha
+    curriculum's gap of each response (mean teacher minus mean student token probability)
+    comes first, from a chunked pass over the same rows, since the alphas depend on it:
+    ``alphas(gap [2n]) -> (alpha_t [n], alpha_s [n])``, floats or tensors on the device.
+    """
+    n = int(batch["pairs"])
+    sample = (batch["labels"] != IGNORE).nonzero(as_tuple=True)[0].to(runtime.device)  # [N] the sequence of each row
+    teacher_rows, labels = teacher.response_logits(batch)  # [1, N, V]
+    student_rows, _ = response_logits(engine, batch, runtime.device, vocab)  # [1, N, V]
+    if not sample.numel():  # no response token (response_logits then gives every position): no rows
+        teacher_rows, student_rows = (x.flatten(0, -2)[:0] for x in (teacher_rows, student_rows))  # [0, V]
+        labels = labels.flatten()[:0]
+    gap = (response_label_probability(teacher_rows, labels, sample, 2 * n, chunk_size)
+           - response_label_probability(student_rows.detach(), labels, sample, 2 * n, chunk_size))  # [2n]
+    alpha_t, alpha_s = alphas(gap)
+    loss = distillm2_rows(student_rows, teacher_rows, sample, n, alpha_t=alpha_t, alpha_s=alpha_s, beta=beta,
+                          temperature=temperature, chunk_size=chunk_size)
+    return loss, alpha_t, alpha_s
