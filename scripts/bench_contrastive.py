@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_vs_trl import STUDENT, TEACHER, compose_distill_config, device_name  # noqa: E402, I001
+from bench_loss import _fmt, _ratio, worker_result  # noqa: E402, I001
 
 KINDS = ("skew_rkl", "distillm2", "distillm2_dense")
 DEFAULT_VOCABS = (50257, 151936)
@@ -260,20 +261,7 @@ def spawn(args, kind: str, vocab: int) -> dict:
            "--seed", str(args.seed), "--malloc", args.malloc]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
     env.setdefault("DS_ACCELERATOR", "cpu")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode in (-9, 137):
-        return {"error": "killed (out of memory?)"}
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _ratio(a, b):
-    return a / b if (a is not None and b) else None
-
-
-def _fmt(x, spec=".2f"):
-    return "-" if x is None else format(x, spec)
+    return worker_result(subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True), killed_key="error")
 
 
 def main(argv=None) -> int:

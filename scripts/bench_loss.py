@@ -207,11 +207,15 @@ def _spawn(args, mode, loss, vocab, impl=None) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
     if args.malloc == "tuned":
         env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40), MALLOC_TOP_PAD_=str(2**30))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    return worker_result(subprocess.run(cmd, capture_output=True, text=True, env=env))
+
+
+def worker_result(proc: subprocess.CompletedProcess, killed_key: str = "oom") -> dict:
+    """A benchmark worker's last stdout line (JSON), or why there is none: killed (out of memory) or failed."""
     if proc.returncode in (-9, 137):
-        return {"oom": "killed (out of memory?)"}
+        return {killed_key: "killed (out of memory?)"}
     if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:160]}
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
