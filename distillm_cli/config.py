@@ -69,7 +69,15 @@ class TrainConfig:
     keep_checkpoints: int = 2
     # A non-finite loss: stop (keeping the last good checkpoint) or skip that step (grad_accum=1 only).
     on_nonfinite: str = "stop"
+    # Which weights checkpoint/ keeps, judged at every validation step: last (the final ones),
+    # val_loss (the lowest validation loss) or rouge_l (the highest ROUGE-L of greedy answers,
+    # eval.sampling made greedy, to the first select_examples records of data.valid_split).
+    select: str = "last"
+    select_examples: int = 64
 
+
+# train.select: which weights a training stage keeps (train/selection.py).
+SELECT_CHOICES = ("last", "val_loss", "rouge_l")
 
 # loss.regenerate (DistiLLM-2's batched on-policy): which responses of the pairs are sampled anew each epoch.
 REGENERATE_CHOICES = ("none", "student", "both")
@@ -323,6 +331,13 @@ def validate(cfg) -> None:
     need(cfg.train.on_nonfinite == "stop" or cfg.train.grad_accum == 1,
          "train.on_nonfinite=skip needs train.grad_accum=1 (a half-accumulated step cannot be undone)")
     need(cfg.train.keep_checkpoints > 0, "train.keep_checkpoints must be at least 1")
+    need(cfg.train.select in SELECT_CHOICES,
+         f"train.select='{cfg.train.select}'; choose last, val_loss (lowest validation loss) or rouge_l "
+         "(highest validation ROUGE-L)")
+    need(cfg.train.select_examples > 0, f"train.select_examples={cfg.train.select_examples} must be positive")
+    need(cfg.train.select == "last" or cfg.train.eval_interval > 0,
+         f"train.select={cfg.train.select} picks among the validation steps, and train.eval_interval=0 has none; "
+         "set train.eval_interval=N or train.select=last")
     need(cfg.train.lr > 0, f"train.lr={cfg.train.lr} must be positive")
     need(cfg.data.max_prompt_length > 0 and cfg.data.max_length > cfg.data.max_prompt_length,
          f"data.max_length={cfg.data.max_length} must be longer than data.max_prompt_length="

@@ -6,7 +6,8 @@
 - a 2-process adaptive distill killed with SIGKILL after a resume point and restarted
   with resume=auto equals an uninterrupted run (losses and weights), at ZeRO 0 and 3:
   every rank resumes its own replay buffer, RNG and data position;
-- SIGTERM (preemption) makes every rank stop at a resume point and exit cleanly.
+- SIGTERM (preemption) makes every rank stop at a resume point and exit cleanly;
+- train.select=rouge_l under ZeRO-3 keeps the step and weights one process keeps.
 """
 from __future__ import annotations
 
@@ -217,3 +218,28 @@ def test_distillm2_regenerated_pairs_survive_a_kill(tmp_path):
     result = launch(*args, f"run_dir={killed}", "resume=auto")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert_same_run(straight, killed, from_step=6)
+
+
+def test_rouge_l_selection_under_zero3_keeps_the_step_of_one_process(tmp_path):
+    """train.select=rouge_l with the student sharded over 2 ranks: both ranks generate (10 prompts in
+    batches of 4: rank 1 has no batch in the last round), agree on the best step and join its save."""
+    data = tmp_path / "yes.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"answer {i}", "output": "yes"}) + "\n" for i in range(96)))
+    args = ["sft-student", "deepspeed=zero3", "data=jsonl", f"data.path={data}", "data.valid_size=16",
+            "data.max_length=64", "data.max_prompt_length=32", "train.max_steps=12", "train.eval_interval=4",
+            "train.lr=5e-3", "train.select=rouge_l", "train.select_examples=10", "eval.batch_size=4",
+            "eval.sampling.max_new_tokens=8"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    result = run_cli(*args, "train.micro_batch_size=8", f"run_dir={one}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = launch(*args, "train.micro_batch_size=4", f"run_dir={two}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    picked = [json.loads((d / "summary.json").read_text())["selected"] for d in (one, two)]
+    assert picked[0]["by"] == "rouge_l" and picked[0]["value"] > 0 and picked[0]["step"] < 12  # not the last
+    assert picked[1] == {**picked[0], "value": pytest.approx(picked[0]["value"])}
+    assert [r.get("val_rouge_l") for r in lines(two / "metrics.jsonl")] == pytest.approx(
+        [r.get("val_rouge_l") for r in lines(one / "metrics.jsonl")])
+    wa, wb = weights(one), weights(two)
+    assert wa.keys() == wb.keys()
+    for name in wa:  # the ranks' float rounding, grown by 8 Adam steps at lr 5e-3: ~1e-4
+        assert (wa[name] - wb[name]).abs().max() <= 1e-3, name

@@ -5,7 +5,8 @@ Recipe: load teacher and student (one shared tokenizer) -> encode the training d
 engine -> each step, off_policy= picks the batch source (the dataset, fresh student
 samples, or the replay buffer) -> divergence between the student's and the teacher's
 token distributions (loss=fkl/rkl/skew_fkl/skew_rkl/jsd/tvd, mixed with CE by
-loss.kd_ratio, plus DistiLLM's optional LM term) -> save the student.
+loss.kd_ratio, plus DistiLLM's optional LM term) -> save the student (train.select: the
+last weights, or the best validation step's).
 
 `distillm distill loss=distillm2` runs DistiLLM-2 instead: stages/distill_contrastive.py.
 """
@@ -23,9 +24,10 @@ from ..losses import kd_objective
 from ..models.loading import load_shared_tokenizer, load_student, response_logits, vocab_size
 from ..run_dir import RunLog, open_run
 from ..teacher import load_teacher
-from ..train.engine import StepPlan, build_engine, save_model, train
+from ..train.engine import StepPlan, build_engine, train
 from ..train.objectives import batch_kd_loss, kd_params, validation_kd_loss
 from ..train.offpolicy import OffPolicySchedule
+from ..train.selection import Selection
 
 
 def run(cfg) -> dict:
@@ -108,11 +110,12 @@ def run(cfg) -> dict:
 
     if op.name == "adaptive":
         schedule.observe_validation(validation_loss())  # the reference loss at step 0
+    selection = Selection(cfg, engine, tokenizer, runtime, run_dir)  # train.select: last, val_loss, rouge_l
     result = train(cfg, engine, runtime, run_dir, description=f"distill {cfg.loss.name}", plan_step=plan_step,
                    micro_loss=micro_loss, validation_loss=validation_loss, on_validation=on_validation,
-                   state={"data": stream, "off_policy": schedule}, bar_fields=bar_fields)
-    save_model(engine, tokenizer, run_dir / "checkpoint", runtime)
+                   state={"data": stream, "off_policy": schedule}, bar_fields=bar_fields, select=selection)
+    selected = selection.finish(run_dir / "checkpoint")
     return RunLog(run_dir, runtime).summary({
         "stage": "distill", "loss": cfg.loss.name, "off_policy": op.name,
         "train_examples": len(train_examples), "source_counts": dict(schedule.source_counts),
-        "final_phi": schedule.phi, **result, "checkpoint": str(Path(run_dir) / "checkpoint")})
+        "final_phi": schedule.phi, **result, "selected": selected, "checkpoint": str(Path(run_dir) / "checkpoint")})

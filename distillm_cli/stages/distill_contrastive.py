@@ -37,8 +37,9 @@ from ..train.contrastive import (
     pair_batch,
     read_pairs,
 )
-from ..train.engine import StepPlan, build_engine, mean_over_batches, save_model, train
+from ..train.engine import StepPlan, build_engine, mean_over_batches, train
 from ..train.objectives import batch_pair_loss, kd_params, validation_kd_loss
+from ..train.selection import Selection
 
 log = logging.getLogger("distillm")
 
@@ -134,15 +135,17 @@ def run(cfg) -> dict:
         engine.eval()
         return mean_over_batches(pair_loss_sum, valid_batches, runtime)
 
+    selection = Selection(cfg, engine, tokenizer, runtime, run_dir)  # train.select: last, val_loss, rouge_l
     result = train(cfg, engine, runtime, run_dir, description=f"distill {cfg.loss.name}", plan_step=plan_step,
                    micro_loss=micro_loss, validation_loss=validation_loss,
                    state={"data": stream, "alpha_t": alpha_t, "alpha_s": alpha_s, "pairs": pairs_state},
-                   bar_fields=lambda: {"beta": f"{beta_now():.2f}"}, count_units=lambda batch: int(batch["pairs"]))
-    save_model(engine, tokenizer, run_dir / "checkpoint", runtime)
+                   bar_fields=lambda: {"beta": f"{beta_now():.2f}"}, count_units=lambda batch: int(batch["pairs"]),
+                   select=selection)
+    selected = selection.finish(run_dir / "checkpoint")
     return RunLog(run_dir, runtime).summary({
         "stage": "distill", "loss": cfg.loss.name, "off_policy": "none", "train_examples": len(pairs),
         "validation": f"{len(valid_pairs)} held-out pairs" if valid_pairs else f"split {cfg.data.valid_split}",
-        **result, "checkpoint": str(Path(run_dir) / "checkpoint")})
+        **result, "selected": selected, "checkpoint": str(Path(run_dir) / "checkpoint")})
 
 
 def held_out_validation(cfg, tokenizer, mb: int, pad: int) -> tuple[list, list[dict]]:

@@ -10,8 +10,11 @@
   evaluate         -> <run_dir>/evaluate        teacher vs SFT-only vs distilled
 
 Each stage is composed from the same command-line overrides as the pipeline itself
-(so `train.max_steps=3` shrinks every stage) plus the paths that chain them. With
-resume=auto a stage that already finished with the same config is skipped.
+(so `train.max_steps=3` shrinks every stage) plus the paths that chain them. As DistiLLM
+does, sft-student keeps its lowest-validation-loss checkpoint and distill its best
+validation ROUGE-L (train.select), unless the command line sets train.select or
+train.eval_interval=0 turns validation off. With resume=auto a stage that already
+finished with the same config is skipped.
 """
 from __future__ import annotations
 
@@ -34,6 +37,18 @@ def _user_overrides() -> list[str]:
         if key not in ("stage", "run_dir"):
             keep.append(override)
     return keep
+
+
+# DistiLLM's checkpoint choice per pipeline folder (train.select).
+PIPELINE_SELECT = {"sft_student": "val_loss", "distill": "rouge_l"}
+
+
+def select_overrides(cfg, folder: str, user: list[str]) -> list[str]:
+    """train.select of one stage: DistiLLM's choice, unless the user chose or validation is off."""
+    chosen = any(override.split("=", 1)[0].lstrip("+~") == "train.select" for override in user)
+    if folder not in PIPELINE_SELECT or chosen or not cfg.train.eval_interval:
+        return []
+    return [f"train.select={PIPELINE_SELECT[folder]}"]
 
 
 def generate_overrides(cfg, ckpt: dict) -> list[str]:
@@ -71,7 +86,8 @@ def run(cfg) -> dict:
     for folder, stage, extra in plan:
         sub_dir = root / folder
         sub_cfg = compose(config_name="config",
-                          overrides=[*user, f"stage={stage.replace('-', '_')}", f"run_dir={sub_dir}", *extra])
+                          overrides=[*user, f"stage={stage.replace('-', '_')}", f"run_dir={sub_dir}", *extra,
+                                     *select_overrides(cfg, folder, user)])
         if cfg.resume == "auto" and (sub_dir / "summary.json").exists():
             summaries[folder] = json.loads((sub_dir / "summary.json").read_text())
             seconds[folder] = None  # finished by an earlier run: no time spent now

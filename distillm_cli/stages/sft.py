@@ -1,7 +1,8 @@
 """sft-teacher / sft-student: supervised fine-tuning on instruction data.
 
 Recipe: load the model -> encode its split -> build the DeepSpeed engine -> train with
-cross-entropy on response tokens -> save a Hugging Face checkpoint. The same recipe
+cross-entropy on response tokens -> save a Hugging Face checkpoint (the last weights, or
+the best validation step's with train.select). The same recipe
 makes the teacher (on data.teacher_split) and the student's starting point, the
 SFT-only baseline (on data.train_split).
 """
@@ -14,7 +15,8 @@ from ..data.sources import encode_split
 from ..losses import kd_objective
 from ..models.loading import load_model, load_student, load_tokenizer, response_logits, vocab_size
 from ..run_dir import RunLog, open_run
-from ..train.engine import StepPlan, build_engine, mean_over_batches, save_model, train
+from ..train.engine import StepPlan, build_engine, mean_over_batches, train
+from ..train.selection import Selection
 
 
 def run(cfg) -> dict:
@@ -52,9 +54,10 @@ def run(cfg) -> dict:
         engine.eval()
         return mean_over_batches(ce_sum, valid_batches, runtime)
 
+    selection = Selection(cfg, engine, tokenizer, runtime, run_dir)  # train.select: last, val_loss, rouge_l
     result = train(cfg, engine, runtime, run_dir, description=f"sft {role}", plan_step=plan_step,
-                   micro_loss=micro_loss, validation_loss=validation_loss, state={"data": stream})
-    save_model(engine, tokenizer, run_dir / "checkpoint", runtime)
+                   micro_loss=micro_loss, validation_loss=validation_loss, state={"data": stream}, select=selection)
+    selected = selection.finish(run_dir / "checkpoint")
     return RunLog(run_dir, runtime).summary({
         "stage": cfg.stage, "role": role, "train_examples": len(train_examples), **result,
-        "checkpoint": str(Path(run_dir) / "checkpoint")})
+        "selected": selected, "checkpoint": str(Path(run_dir) / "checkpoint")})

@@ -246,7 +246,7 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
           validation_loss: Callable[[], float] | None = None,
           on_validation: Callable[[int, float], dict] | None = None,
           state: dict | None = None, bar_fields: Callable[[], dict] | None = None,
-          count_units: Callable[[dict], int] | None = None) -> dict:
+          count_units: Callable[[dict], int] | None = None, select=None) -> dict:
     """The shared loop: plan a step, forward/backward each micro-batch, step, log, validate, save.
 
     The loss of each micro-batch is a token *sum* divided by the response tokens of the
@@ -254,10 +254,14 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
     gradients over ranks). So grad_accum and the number of processes never change the update.
     `state` maps names to objects with state_dict/load_state_dict that resume restores.
     `count_units` says what the loss averages over (default: response tokens; DistiLLM-2: prompts).
+    `select` (train/selection.py, train.select) sees every validation and keeps the best weights;
+    its best figure and step resume with the rest of the state.
     """
     loss_per_token = count_units is None
     count_units = count_units or _response_tokens
     state = state or {}
+    if select is not None and select.active:
+        state = {**state, "select": select}
     runlog = RunLog(run_dir, runtime)
     start_step = 0
     if cfg.resume == "auto":
@@ -328,6 +332,8 @@ def train(cfg, engine, runtime: Runtime, run_dir: Path, *, description: str,
                 record["val_loss"] = last_val = validation_loss()
                 if on_validation is not None:
                     record.update(on_validation(step + 1, record["val_loss"]))
+                if select is not None:
+                    record.update(select.observe(step + 1, record["val_loss"]))
                 engine.train()
             runlog.log(record)  # every step: metrics.jsonl is the run's full record
             logger.log(record, step + 1)
