@@ -127,6 +127,9 @@ class OffPolicyConfig:
     phi_step: float = 0.1
     capacity: int = 1000
     schedule: str = "decreasing"
+    # adaptive: false trains on fresh samples wherever the schedule would replay the buffer
+    # (the ablation that shows what the replay buffer saves: same decisions, no reuse).
+    replay: bool = True
 
 
 @dataclass
@@ -221,6 +224,9 @@ class EvalConfig:
     kl_examples: int = 128
     batch_size: int = 64
     sampling: GenerationConfig = field(default_factory=GenerationConfig)
+    # Training stages: score the kept checkpoint on the test split (eval.sampling, eval.seeds)
+    # and put the scores in summary.json, so a sweep (`-m`) can be compared by `distillm report`.
+    after_training: bool = False
 
 
 @dataclass
@@ -407,7 +413,7 @@ def check_paths(cfg) -> None:
                 raise UserError(f"{key}='{value}' holds no Hugging Face model (no config.json); use the "
                                 "checkpoint/ folder inside a run directory")
     for key in ("generations", "valid_generations"):
-        if cfg[key] and cfg.stage == "distill" and not Path(cfg[key]).exists():
+        if cfg[key] and cfg.stage in ("distill", "sft-student") and not Path(cfg[key]).exists():
             raise UserError(f"{key}='{cfg[key]}' does not exist; run generate-student first and pass "
                             "its generations.jsonl (or run dir)")
     run_dir = OmegaConf.to_container(cfg, resolve=False)["run_dir"]

@@ -193,3 +193,31 @@ def test_gradient_checkpointing_trains_the_same_steps(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         losses[flag] = [m["loss"] for m in read_metrics(run_dir)]
     assert torch.allclose(torch.tensor(losses["true"]), torch.tensor(losses["false"]), rtol=1e-5)
+
+
+def test_training_stages_score_their_checkpoint_and_seqkd_trains_on_teacher_answers(tmp_path):
+    answers = tmp_path / "answers"
+    result = run_cli("generate-student", "generate=teacher", "generation=greedy", "generate.max_prompts=8",
+                     "generation.max_new_tokens=8", f"run_dir={answers}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scoring = ["eval.after_training=true", "eval.max_examples=4", "eval.seeds=[1,2]",
+               "eval.sampling.max_new_tokens=8", "train.max_steps=2", "train.eval_interval=0"]
+    plain, seqkd = tmp_path / "sft", tmp_path / "seqkd"
+    for run_dir, extra in ((plain, []), (seqkd, [f"generations={answers}"])):
+        result = run_cli("sft-student", *scoring, *extra, f"run_dir={run_dir}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    plain_summary = json.loads((plain / "summary.json").read_text())
+    seqkd_summary = json.loads((seqkd / "summary.json").read_text())
+    assert seqkd_summary["train_examples"] == plain_summary["train_examples"] + 8  # SeqKD: + the answers
+    distilled = tmp_path / "distill"
+    result = run_cli("distill", "off_policy=none", *scoring, f"generations={answers}", f"run_dir={distilled}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for summary in (plain_summary, seqkd_summary, json.loads((distilled / "summary.json").read_text())):
+        student = summary["scores"]["student"]
+        assert student["set"] == "test" and student["seeds"] == [1, 2]
+        assert len(student["rouge_l"]["per_seed"]) == 2 and 0.0 <= student["rouge_l"]["mean"] <= 100.0
+    report = run_cli("report", str(tmp_path))
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "ROUGE-L" in (tmp_path / "report.md").read_text()
+    missing = run_cli("sft-student", f"generations={tmp_path / 'nowhere'}", f"run_dir={tmp_path / 'bad'}")
+    assert missing.returncode == 2 and "run generate-student first" in missing.stderr

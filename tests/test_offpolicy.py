@@ -242,6 +242,16 @@ def test_adaptive_schedule_uses_fresh_and_buffer():
     assert sched.source_counts == {"dataset": 0, **Counter(sources)}
 
 
+def test_adaptive_without_replay_makes_the_same_decisions_with_fresh_samples():
+    replayed = OffPolicySchedule(mode="adaptive", seed=0, total_steps=20, phi0=1.0, capacity=8)
+    fresh_only = OffPolicySchedule(mode="adaptive", seed=0, total_steps=20, phi0=1.0, capacity=8, replay=False)
+    with_buffer, without = _run(replayed, 20), _run(fresh_only, 20)
+    assert "buffer" in with_buffer and "buffer" not in without
+    # every step that replayed the buffer samples afresh instead; the others are unchanged
+    assert without == ["fresh" if source == "buffer" else source for source in with_buffer]
+    assert fresh_only.source_counts["fresh"] == with_buffer.count("fresh") + with_buffer.count("buffer")
+
+
 def test_none_mode_always_dataset():
     sched = OffPolicySchedule(mode="none", seed=0, total_steps=20, phi0=1.0)
     assert _run(sched, 20) == ["dataset"] * 20

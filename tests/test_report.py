@@ -115,6 +115,41 @@ def test_sweep_report_table_json_markdown_and_plots(sweep, capsys, monkeypatch):
     assert set(result["files"]) == {"markdown", "json", "loss_plot", "scores_plot"}
 
 
+def test_runs_that_differ_only_in_seed_share_a_row_with_the_spread_over_seeds(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    root = tmp_path / "sweep"
+    job = 0
+    rouge = {"fkl": [30.0, 32.0, 34.0], "skew_rkl": [40.0, 41.0, 42.0]}
+    for loss in ("fkl", "skew_rkl"):
+        for seed in (0, 1, 2):
+            # a training stage with eval.after_training: its own scores, mean over 2 eval seeds
+            summary = {"stage": "distill", "train_seconds": 60.0 + 10 * seed,
+                       "source_counts": {"dataset": 4, "fresh": 3 + seed, "buffer": 3 - seed},
+                       "scores": {"student": {"rouge_l": {"mean": rouge[loss][seed], "std": 5.0},
+                                              "exact_match": {"mean": 10.0, "std": 0.0}, "set": "test"}}}
+            write_run(root / str(job), loss=loss, offset=float(seed), overrides=[f"loss={loss}", f"seed={seed}"],
+                      summary=summary)
+            job += 1
+    result = report([str(root)])
+    assert [r["label"] for r in result["runs"]] == ["loss=fkl", "loss=skew_rkl"]
+    fkl, skew = result["runs"]
+    assert fkl["seeds"] == ["0", "1", "2"] and fkl["name"] == "0, 1, 2" and skew["name"] == "3, 4, 5"
+    # the std is over training seeds (the runs' means), not the evaluation seeds' 5.0
+    assert fkl["scores"]["student"]["rouge_l"] == pytest.approx({"mean": 32.0, "std": 2.0, "n": 3})
+    assert skew["scores"]["student"]["rouge_l"] == pytest.approx({"mean": 41.0, "std": 1.0, "n": 3})
+    assert fkl["final_loss"] == pytest.approx(0.3 + 1.0) and fkl["final_loss_std"] == pytest.approx(1.0)
+    assert fkl["train_seconds"] == pytest.approx(70.0) and fkl["source_counts"] == {"fresh": 4.0, "buffer": 2.0}
+    assert result["differing_keys"] == ["loss"]
+    table = capsys.readouterr().out
+    for text in ("32.00 ± 2.00", "41.00 ± 1.00", "0,1,2", "70s", "4 / 2", "mean ± std over them"):
+        assert text in table
+    assert "seed=" not in (root / "report.md").read_text()
+    assert png_size(root / "scores.png") == PLOT_PX and png_size(root / "loss.png") == PLOT_PX
+
+    each = report([str(root)], per_seed=True)
+    assert len(each["runs"]) == 6 and each["runs"][0]["label"] == "loss=fkl seed=0"
+
+
 def test_sweep_sorts_jobs_numerically_and_notes_unfinished_ones(tmp_path):
     root = tmp_path / "sweep"
     for job in (2, 10):

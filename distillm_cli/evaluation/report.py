@@ -128,7 +128,17 @@ def _load_run(run_dir: Path) -> dict:
         "final_loss": _finite(losses[-1]["loss"]) if losses else _finite(summary.get("final_loss")),
         "final_val_loss": _finite(vals[-1]["val_loss"]) if vals else _finite(summary.get("val_loss")),
         "scores": scores,
+        "train_seconds": _finite(summary.get("train_seconds")),
+        "source_counts": _source_counts(summary),
     }
+
+
+def _source_counts(summary: dict) -> dict | None:
+    """{"fresh": n, "buffer": n} of a distill run that used student samples, else None."""
+    counts = summary.get("source_counts")
+    if not isinstance(counts, dict) or not (counts.get("fresh") or counts.get("buffer")):
+        return None
+    return {source: int(counts.get(source) or 0) for source in ("fresh", "buffer")}
 
 
 def find_runs(path: Path) -> tuple[list[Path], list[Path]]:
@@ -225,10 +235,91 @@ def _short(text: str, limit: int = MAX_LABEL) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# ------------------------------------------------------------ runs that differ only in seed
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def _mean_curve(group: list[dict]) -> list[dict]:
+    """The loss and val_loss curves averaged over a group's runs, at the steps all of them logged."""
+    by_run = []
+    for entry in group:
+        by_run.append({int(r["step"]): r for r in entry["metrics"]})
+    steps = sorted(set.intersection(*(set(run) for run in by_run)))
+    curve = []
+    for step in steps:
+        point = {"step": step}
+        for key in ("loss", "val_loss"):
+            values = [_finite(run[step].get(key)) for run in by_run]
+            if all(v is not None for v in values):
+                point[key] = sum(values) / len(values)
+        curve.append(point)
+    return curve
+
+
+def _seed_group(group: list[dict]) -> dict:
+    """One entry for runs that differ only in seed: every figure is the mean ± std over the runs.
+
+    A run's score is already its mean over evaluation seeds; the std here is the spread over
+    training seeds, the noise a reader needs to tell two settings apart.
+    """
+    first = group[0]
+    scores, models = {}, []
+    for entry in group:
+        models += [m for m in entry["scores"] if m not in models]
+    for model in models:
+        for metric, _ in SCORE_METRICS:
+            values = [entry["scores"].get(model, {}).get(metric, {}).get("mean") for entry in group]
+            values = [v for v in values if v is not None]
+            if values:
+                mean, std = _mean_std(values)
+                scores.setdefault(model, {})[metric] = {"mean": mean, "std": std, "n": len(values)}
+
+    def spread(key: str) -> tuple[float | None, float | None]:
+        values = [entry[key] for entry in group if entry[key] is not None]
+        return _mean_std(values) if values else (None, None)
+
+    counts = [entry["source_counts"] for entry in group if entry["source_counts"]]
+    settings = {k: v for k, v in first["settings"].items() if k != "seed"}
+    parts = [part for part in first["label_parts"] if not part.startswith("seed=")]
+    (loss, loss_std), (val, val_std), (seconds, _) = spread("final_loss"), spread("final_val_loss"), spread(
+        "train_seconds")
+    return {**first, "name": ", ".join(entry["name"] for entry in group), "settings": settings,
+            "label_parts": parts, "label": " ".join(parts), "metrics": _mean_curve(group),
+            "final_loss": loss, "final_loss_std": loss_std, "final_val_loss": val, "final_val_loss_std": val_std,
+            "train_seconds": seconds, "scores": scores,
+            "seeds": [entry["settings"].get("seed") for entry in group], "runs": [str(e["path"]) for e in group],
+            "source_counts": ({s: sum(c[s] for c in counts) / len(counts) for s in ("fresh", "buffer")}
+                              if counts else None),
+            "steps": first["steps"] if len({entry["steps"] for entry in group}) == 1 else None}
+
+
+def group_seeds(entries: list[dict]) -> list[dict]:
+    """Runs whose differing settings are the same but for `seed` become one entry (in first-seen order)."""
+    groups: dict[tuple, list[dict]] = {}
+    for entry in entries:
+        key = tuple((k, v) for k, v in entry["settings"].items() if k != "seed")
+        groups.setdefault(key, []).append(entry)
+    return [_seed_group(group) if len(group) > 1 else group[0] for group in groups.values()]
+
+
 # ------------------------------------------------------------------------- outputs
 def _fmt(value) -> str:
     """Five significant digits: small KD losses (0.03381) keep as much detail as large ones (2.4519)."""
     return "—" if value is None else f"{value:.5g}"
+
+
+def _fmt_spread(value, std) -> str:
+    """A value, or mean ± std over training seeds for a group of runs."""
+    return _fmt(value) if std is None or value is None else f"{_fmt(value)} ± {_fmt(std)}"
+
+
+def _fmt_seconds(seconds) -> str:
+    if seconds is None:
+        return "—"
+    return f"{seconds:.0f}s" if seconds < 600 else f"{seconds / 60:.1f}min"
 
 
 def _score_text(entry: dict | None, digits: int) -> str:
@@ -244,14 +335,24 @@ def _table(entries: list[dict], models: list[str]) -> tuple[list[str], list[list
     """
     with_stage = len({entry["stage"] for entry in entries}) > 1
     with_steps = len({entry["steps"] for entry in entries}) > 1
-    columns = ["run", "overrides", *(["stage"] if with_stage else []), *(["steps"] if with_steps else []),
-               "loss", "val_loss"]
+    with_seeds = any("seeds" in entry for entry in entries)
+    with_time = any(entry["train_seconds"] is not None for entry in entries)
+    with_sources = any(entry["source_counts"] for entry in entries)
+    columns = ["run", "overrides", *(["seeds"] if with_seeds else []), *(["stage"] if with_stage else []),
+               *(["steps"] if with_steps else []), "loss", "val_loss", *(["train time"] if with_time else []),
+               *(["fresh / buffer steps"] if with_sources else [])]
     columns += (["model"] if len(models) > 1 else []) + (["ROUGE-L", "EM %"] if models else [])
     rows = []
     for entry in entries:
-        run = [entry["name"], entry["label"] or "—", *([entry["stage"]] if with_stage else []),
+        seeds = ",".join(str(seed) for seed in entry.get("seeds", [])) or entry["settings"].get("seed") or "—"
+        counts = entry["source_counts"]
+        run = [entry["name"], entry["label"] or "—", *([seeds] if with_seeds else []),
+               *([entry["stage"]] if with_stage else []),
                *(["—" if entry["steps"] is None else str(entry["steps"])] if with_steps else []),
-               _fmt(entry["final_loss"]), _fmt(entry["final_val_loss"])]
+               _fmt_spread(entry["final_loss"], entry.get("final_loss_std")),
+               _fmt_spread(entry["final_val_loss"], entry.get("final_val_loss_std")),
+               *([_fmt_seconds(entry["train_seconds"])] if with_time else []),
+               *([f"{counts['fresh']:.0f} / {counts['buffer']:.0f}" if counts else "—"] if with_sources else [])]
         if len(models) <= 1:
             scores = entry["scores"].get(models[0], {}) if models else {}
             rows.append(run + ([_score_text(scores.get("rouge_l"), 2), _score_text(scores.get("exact_match"), 1)]
@@ -273,6 +374,8 @@ def _title(entries: list[dict], models: list[str]) -> str:
     if len(steps) == 1 and None not in steps:
         notes.append(f"{steps.pop()} steps")
     notes.append("loss and val_loss at the last step")
+    if any("seeds" in e for e in entries):
+        notes.append("runs that differ only in seed: mean ± std over them")
     if len(models) == 1:
         notes.append(f"scores of {models[0]}")
     return f"distillm report: {len(entries)} run{'s' if len(entries) != 1 else ''} ({', '.join(notes)})"
@@ -402,7 +505,7 @@ def _json_safe(value):
 
 
 # ---------------------------------------------------------------------------- entry
-def report(paths: list[str], out: str | None = None) -> dict:
+def report(paths: list[str], out: str | None = None, per_seed: bool = False) -> dict:
     """Collect the runs under `paths`, print a table, write report.md/report.json/loss.png/scores.png.
 
     Returns what report.json holds. Raises UserError (one line) for a missing path or no runs.
@@ -439,6 +542,8 @@ def report(paths: list[str], out: str | None = None) -> dict:
             name = run["path"].name
         parts = _label_parts(setting, source)
         entries.append({**run, "name": name, "label": " ".join(parts), "label_parts": parts, "settings": setting})
+    if not per_seed:
+        entries = group_seeds(entries)
     models = []
     for entry in entries:
         models += [m for m in entry["scores"] if m not in models]
@@ -460,7 +565,10 @@ def report(paths: list[str], out: str | None = None) -> dict:
         result = _json_safe({
             "runs": [{"name": e["name"], "path": str(e["path"]), "stage": e["stage"], "label": e["label"],
                       "differing": e["settings"], "overrides": e["overrides"], "steps": e["steps"],
-                      "final_loss": e["final_loss"], "final_val_loss": e["final_val_loss"], "scores": e["scores"]}
+                      "final_loss": e["final_loss"], "final_val_loss": e["final_val_loss"], "scores": e["scores"],
+                      "train_seconds": e["train_seconds"], "source_counts": e["source_counts"],
+                      **({"seeds": e["seeds"], "seed_runs": e["runs"], "final_loss_std": e["final_loss_std"],
+                          "final_val_loss_std": e["final_val_loss_std"]} if "seeds" in e else {})}
                      for e in entries],
             "differing_keys": _differing([e["settings"] for e in entries]) if len(entries) > 1 else [],
             "compared_by": source,
@@ -486,6 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="PATH: a run dir (a folder with summary.json), a pipeline dir (one run: the distill loss\n"
                "curve and the evaluate scores), a sweep dir (numbered sub-folders from `distillm STAGE -m`)\n"
                "or any folder above runs (searched downwards).\n\n"
+               "Runs that differ only in `seed` (`-m seed=0,1,2`) share one row: loss, val_loss, train\n"
+               "time and scores are the mean ± std over those training seeds (--per-seed: a row each).\n\n"
                "Output: --out DIR when given, else the single PATH named, else the deepest folder that\n"
                "holds all the runs found.\n\n"
                "examples:\n"
@@ -494,13 +604,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run dir, pipeline dir, sweep dir or a folder of runs")
     parser.add_argument("--out", metavar="DIR", help="write report.md, report.json and the plots here")
+    parser.add_argument("--per-seed", action="store_true",
+                        help="one row per run even where runs differ only in seed (default: one row, mean ± std)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        result = report(args.paths, out=args.out)
+        result = report(args.paths, out=args.out, per_seed=args.per_seed)
     except UserError as error:
         report_and_exit(error)
     if result["unfinished"]:

@@ -19,6 +19,7 @@ import torch
 from ..data.batches import BatchStream, collate, fixed_batches
 from ..data.formats import Example, build_example
 from ..data.sources import encode_split, read_generations, read_lm_blocks
+from ..evaluation.scoring import after_training_scores
 from ..generation import make_generator
 from ..losses import kd_objective
 from ..models.loading import load_shared_tokenizer, load_student, response_logits, vocab_size
@@ -54,7 +55,7 @@ def run(cfg) -> dict:
     op = cfg.off_policy
     schedule = OffPolicySchedule(mode=op.name, seed=cfg.seed, total_steps=cfg.train.max_steps, phi0=op.phi0,
                                  eps=op.eps, phi_step=op.phi_step, capacity=op.capacity, schedule=op.schedule,
-                                 lmbda=op.lmbda)
+                                 lmbda=op.lmbda, replay=op.replay)
     # The student samples its own answers (SGOs) with the model being trained.
     sampler = make_generator(engine.module, cfg.generation, tokenizer, max_length=cfg.data.max_length,
                              sharded=engine.zero_optimization_stage() == 3 and runtime.world_size > 1)
@@ -115,7 +116,9 @@ def run(cfg) -> dict:
                    micro_loss=micro_loss, validation_loss=validation_loss, on_validation=on_validation,
                    state={"data": stream, "off_policy": schedule}, bar_fields=bar_fields, select=selection)
     selected = selection.finish(run_dir / "checkpoint")
+    scores = after_training_scores(cfg, run_dir / "checkpoint", runtime)  # eval.after_training
     return RunLog(run_dir, runtime).summary({
         "stage": "distill", "loss": cfg.loss.name, "off_policy": op.name,
         "train_examples": len(train_examples), "source_counts": dict(schedule.source_counts),
-        "final_phi": schedule.phi, **result, "selected": selected, "checkpoint": str(Path(run_dir) / "checkpoint")})
+        "final_phi": schedule.phi, **result, "selected": selected, "checkpoint": str(Path(run_dir) / "checkpoint"),
+        **scores})

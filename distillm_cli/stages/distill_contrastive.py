@@ -21,6 +21,7 @@ from ..data.batches import BatchStream, fixed_batches
 from ..data.formats import build_example
 from ..data.sources import encode_split
 from ..errors import UserError
+from ..evaluation.scoring import after_training_scores
 from ..generation import make_generator
 from ..generation.across_ranks import generate_all
 from ..models.loading import (
@@ -142,10 +143,11 @@ def run(cfg) -> dict:
                    bar_fields=lambda: {"beta": f"{beta_now():.2f}"}, count_units=lambda batch: int(batch["pairs"]),
                    select=selection)
     selected = selection.finish(run_dir / "checkpoint")
+    scores = after_training_scores(cfg, run_dir / "checkpoint", runtime)  # eval.after_training
     return RunLog(run_dir, runtime).summary({
         "stage": "distill", "loss": cfg.loss.name, "off_policy": "none", "train_examples": len(pairs),
         "validation": f"{len(valid_pairs)} held-out pairs" if valid_pairs else f"split {cfg.data.valid_split}",
-        **result, "selected": selected, "checkpoint": str(Path(run_dir) / "checkpoint")})
+        **result, "selected": selected, "checkpoint": str(Path(run_dir) / "checkpoint"), **scores})
 
 
 def held_out_validation(cfg, tokenizer, mb: int, pad: int) -> tuple[list, list[dict]]:

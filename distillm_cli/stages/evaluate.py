@@ -18,18 +18,16 @@ import torch
 from omegaconf import OmegaConf
 
 from ..data.batches import fixed_batches
-from ..data.formats import record_format, references
-from ..data.sources import encode_split, load_split, read_jsonl
-from ..errors import UserError
-from ..evaluation.metrics import exact_match, rouge_l, summarize_scores
+from ..data.formats import record_format
+from ..data.sources import encode_split
+from ..evaluation.scoring import eval_sets, score_set
 from ..generation import make_generator
-from ..generation.across_ranks import batched, generate_across_ranks
 from ..losses import kd_objective
 from ..models.loading import load_model, load_tokenizer, model_source, response_logits, vocab_size
 from ..run_dir import RunLog, open_run
 from ..runtime import Runtime, all_reduce_sum
 from ..teacher import LiveTeacher, Teacher
-from ..ui import print_table, progress_bar
+from ..ui import print_table
 
 
 def models_to_score(cfg) -> dict[str, str]:
@@ -37,20 +35,6 @@ def models_to_score(cfg) -> dict[str, str]:
     models = OmegaConf.to_container(cfg.eval.models, resolve=True) or {"student": model_source(cfg, "student")}
     return {name: str(Path(src) / "checkpoint") if (Path(src) / "checkpoint").is_dir() else src
             for name, src in models.items()}
-
-
-def eval_sets(cfg) -> dict[str, list[dict]]:
-    """name -> records: a split of the data config, or a jsonl file (instruction/input/output)."""
-    sets = OmegaConf.to_container(cfg.eval.sets, resolve=True) or {cfg.eval.split or cfg.data.test_split: ""}
-    loaded = {}
-    for name, source in sets.items():
-        records = read_jsonl(source) if source else load_split(cfg, name)
-        if cfg.eval.max_examples:
-            records = records[: cfg.eval.max_examples]
-        if any(not r.get("output") for r in records):
-            raise UserError(f"eval set '{name}' has records without a reference output")
-        loaded[name] = records
-    return loaded
 
 
 @torch.no_grad()
@@ -63,18 +47,6 @@ def kl_to_teacher(model, teacher: Teacher, batches: list[dict], vocab: int, runt
         _, stats = kd_objective(student_logits, teacher_logits, labels, loss="fkl", normalizer=1.0)
         total, tokens = total + stats["kd_sum"], tokens + stats["tokens"]
     return all_reduce_sum(total, runtime) / max(all_reduce_sum(tokens, runtime), 1.0)
-
-
-def generate_texts(generator, tokenizer, prompts: list[list[int]], *, seed: int, batch_size: int,
-                   runtime: Runtime, bar) -> list[str]:
-    """One decoded answer per prompt; the batches are shared out over the ranks."""
-    texts = []
-    for _, results in generate_across_ranks(lambda batch, batch_seed: generator.generate(batch, seed=batch_seed),
-                                            batched(prompts, batch_size), seed=seed, runtime=runtime):
-        for responses in results:
-            texts += [tokenizer.decode(r, skip_special_tokens=True).strip() for r in responses]
-            bar.advance(len(responses), tokens=sum(len(r) for r in responses))
-    return texts
 
 
 def run(cfg) -> dict:
@@ -94,21 +66,14 @@ def run(cfg) -> dict:
             results[name] = {"source": source, "sets": {}}
             started = time.perf_counter()
             for set_name, records in sets.items():
-                prompts = [fmt.prompt_ids(r) for r in records]
-                refs = [references(r["output"]) for r in records]  # several references: the best one counts
-                results[name].setdefault("sampling", generator.settings(prompts))
-                per_seed = []
-                with progress_bar(f"evaluate {name} on {set_name}", len(prompts) * len(cfg.eval.seeds)) as bar:
-                    for seed in cfg.eval.seeds:
-                        texts = generate_texts(generator, tokenizer, prompts, seed=seed,
-                                               batch_size=cfg.eval.batch_size, runtime=runtime, bar=bar)
-                        per_seed.append({"rouge_l": rouge_l(texts, refs),
-                                         "exact_match": 100.0 * exact_match(texts, refs)})
-                        for record, text in zip(records, texts if out is not None else ()):
-                            out.write(json.dumps({"model": name, "set": set_name, "seed": seed,
-                                                  "prompt": fmt.prompt_text(record),
-                                                  "prediction": text, "reference": record["output"]}) + "\n")
-                results[name]["sets"][set_name] = summarize_scores(per_seed)
+                results[name].setdefault("sampling", generator.settings([fmt.prompt_ids(r) for r in records]))
+                scores, answers = score_set(cfg, generator, tokenizer, records, runtime, f"{name} on {set_name}")
+                for seed, texts in answers.items():
+                    for record, text in zip(records, texts if out is not None else ()):
+                        out.write(json.dumps({"model": name, "set": set_name, "seed": seed,
+                                              "prompt": fmt.prompt_text(record),
+                                              "prediction": text, "reference": record["output"]}) + "\n")
+                results[name]["sets"][set_name] = scores
             if cfg.eval.teacher:
                 if teacher is None:
                     teacher_cfg = OmegaConf.merge(cfg, {"student_dir": cfg.eval.teacher})

@@ -4,14 +4,16 @@ Recipe: load the model -> encode its split -> build the DeepSpeed engine -> trai
 cross-entropy on response tokens -> save a Hugging Face checkpoint (the last weights, or
 the best validation step's with train.select). The same recipe
 makes the teacher (on data.teacher_split) and the student's starting point, the
-SFT-only baseline (on data.train_split).
+SFT-only baseline (on data.train_split); sft-student with `generations=` also trains on
+the teacher's answers (SeqKD). eval.after_training=true scores the kept checkpoint.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..data.batches import BatchStream, collate, fixed_batches
-from ..data.sources import encode_split
+from ..data.sources import encode_split, read_generations
+from ..evaluation.scoring import after_training_scores
 from ..losses import kd_objective
 from ..models.loading import load_model, load_student, load_tokenizer, response_logits, vocab_size
 from ..run_dir import RunLog, open_run
@@ -28,6 +30,8 @@ def run(cfg) -> dict:
     vocab, pad = vocab_size(tokenizer), tokenizer.pad_token_id
     split = cfg.data.teacher_split if role == "teacher" else cfg.data.train_split
     train_examples = encode_split(cfg, tokenizer, split)
+    if role == "student" and cfg.generations:  # SeqKD: also the teacher's answers, as distill would see them
+        train_examples += read_generations(cfg.generations, tokenizer, cfg)
     valid_examples = encode_split(cfg, tokenizer, cfg.data.valid_split)
     mb = cfg.train.micro_batch_size
     valid_batches = fixed_batches(valid_examples, mb, pad, cfg.train.valid_batches)
@@ -58,6 +62,7 @@ def run(cfg) -> dict:
     result = train(cfg, engine, runtime, run_dir, description=f"sft {role}", plan_step=plan_step,
                    micro_loss=micro_loss, validation_loss=validation_loss, state={"data": stream}, select=selection)
     selected = selection.finish(run_dir / "checkpoint")
+    scores = after_training_scores(cfg, run_dir / "checkpoint", runtime)  # eval.after_training
     return RunLog(run_dir, runtime).summary({
         "stage": cfg.stage, "role": role, "train_examples": len(train_examples), **result,
-        "selected": selected, "checkpoint": str(Path(run_dir) / "checkpoint")})
+        "selected": selected, "checkpoint": str(Path(run_dir) / "checkpoint"), **scores})

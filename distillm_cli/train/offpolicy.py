@@ -265,6 +265,10 @@ class OffPolicySchedule:
     buffer *contents* differ per rank (each holds its own prompts' samples),
     which is fine: no control flow depends on them.
 
+    With ``replay=False`` every "buffer" decision is answered with fresh samples
+    instead (the decisions themselves are unchanged), which isolates what reusing
+    samples saves in wall time and costs in quality.
+
     ``state_dict`` holds the buffer, φ and its reference, and ``source_counts``
     (how often each source was chosen so far, for progress display);
     together with the same constructor arguments, loading it reproduces the
@@ -282,6 +286,7 @@ class OffPolicySchedule:
         capacity: int = 1000,
         schedule: str = "decreasing",
         lmbda: float = 0.5,
+        replay: bool = True,
     ):
         if mode not in MODES:
             raise ValueError(
@@ -300,6 +305,7 @@ class OffPolicySchedule:
         self.total_steps = int(total_steps)
         self.schedule = schedule
         self.lmbda = float(lmbda)
+        self.replay = bool(replay)
         self.adaptive = AdaptivePhi(phi0=phi0, eps=eps, phi_step=phi_step)
         self.buffer = ReplayBuffer(capacity)
         self.source_counts: dict[str, int] = {s: 0 for s in SOURCES}
@@ -328,6 +334,8 @@ class OffPolicySchedule:
             lmbda=self.lmbda,
             buffer_full=self.buffer.full,
         )
+        if source == "buffer" and not self.replay:
+            source = "fresh"  # the no-replay ablation: the same decision, answered by new samples
         self.source_counts[source] += 1
         return source
 
