@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DS_ACCELERATOR ?= cpu
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-all test-multiprocess lint bench clean
+.PHONY: install demo test compare test-all test-multiprocess lint bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The evidence for the papers' claims on the embedded task (issue 19): losses at equal steps
+# beside SeqKD, an SFT control and a capacity reference; off-policy modes where phi moves;
+# 3 training seeds, about 40 minutes on 2 CPU cores -> runs/compare/results.md (README "Results").
+compare: install
+	$(BIN)/python scripts/compare.py --root runs/compare
 
 test-all: install
 	$(BIN)/python -m pytest -q

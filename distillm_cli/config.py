@@ -178,6 +178,9 @@ class DataConfig:
     lm_path: str = ""
     # Cap on training examples per split (0: all).
     max_examples: int = 0
+    # Cap on data.train_split alone (0: all): a smaller labelled set with the same validation
+    # and test sets (learning curves; several epochs over few labels, so the student overfits).
+    train_examples: int = 0
 
 
 @dataclass
@@ -302,6 +305,9 @@ def validate(cfg) -> None:
     need(0.0 <= cfg.loss.alpha < 1.0, f"loss.alpha={cfg.loss.alpha} is outside [0, 1); the papers use 0.1")
     need(0.0 < cfg.loss.beta < 1.0, f"loss.beta={cfg.loss.beta} is outside (0, 1); use e.g. loss.beta=0.5")
     need(0.0 <= cfg.loss.kd_ratio <= 1.0, f"loss.kd_ratio={cfg.loss.kd_ratio} is outside [0, 1]")
+    need(cfg.data.train_examples >= 0 and cfg.data.max_examples >= 0,
+         f"data.train_examples={cfg.data.train_examples} / data.max_examples={cfg.data.max_examples} must be >= 0 "
+         "(0: all records)")
     need(0.0 <= cfg.loss.alpha_s < 1.0, f"loss.alpha_s={cfg.loss.alpha_s} is outside [0, 1); the paper uses 0.1")
     need(cfg.loss.beta_schedule in ("linear", "constant"),
          f"loss.beta_schedule='{cfg.loss.beta_schedule}'; choose linear or constant")

@@ -82,3 +82,18 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
 def test_dtype_of_examples():
     example = build_example([1, 2], [3, 0], 8)
     assert example.input_ids.dtype == torch.long and example.labels.dtype == torch.long
+
+
+def test_train_examples_caps_the_training_split_only(compose_cfg):
+    from distillm_cli.data.sources import load_split
+
+    cfg = compose_cfg("distill", "data.train_examples=100")
+    full = compose_cfg("distill")
+    assert load_split(cfg, "train") == load_split(full, "train")[:100]
+    for split in ("valid", "test", "teacher_train"):
+        assert load_split(cfg, split) == load_split(full, split)
+    import pytest
+
+    from distillm_cli.errors import UserError
+    with pytest.raises(UserError, match="data.train_examples=-1"):
+        compose_cfg("distill", "data.train_examples=-1")

@@ -145,6 +145,8 @@ def load_split(cfg, split: str, *, need_responses: bool = True) -> list[dict]:
         records = load_hf_records(data, split)
     if data.max_examples:
         records = records[: data.max_examples]
+    if data.train_examples and split == data.train_split:
+        records = records[: data.train_examples]
     if not records:
         raise UserError(f"split '{split}' of data={data.name} is empty; check data.path / data.valid_size")
     if need_responses:
