@@ -9,10 +9,12 @@ steps (the distill stage's 300 x 32 at its learning rate):
                                 (off_policy=none: the loss is the only thing that differs)
   SeqKD                         sft-student on the labels + the teacher's answers
   control                       sft-student on the labels only (what the extra steps alone give)
-  capacity reference            sft-student on the teacher's 4000 labels: how far the student gets
-                                when every prompt has a true label
+  4000 labels                   sft-student on the teacher's 4000 labels (true labels, not answers)
 
-"gap closed" is (method - SFT-only) / (capacity - SFT-only), per seed, in ROUGE-L.
+and a capacity reference, how far this student gets with every label the teacher had: the
+student trained as the teacher is (1000 steps x 32 on the 4000 labels, from its random init,
+kept at its lowest validation loss). "gap closed" is (method - SFT-only) / (capacity - SFT-only),
+per seed, in ROUGE-L.
 
 Part 2, adaptive off-policy sampling (the claim: on-policy quality, faster). A setting where the
 student's validation loss does rise, so that phi moves: distillation on 100 of the labels alone
@@ -107,6 +109,14 @@ def sft_student(runner: Runner, root: Path, seed: int) -> None:
                                    *SCORED], [sft])
 
 
+def capacity(root: Path, seed: int) -> tuple[str, list[str], list[Path]]:
+    """The student trained as the teacher is: the teacher's labels and steps, from the student's init."""
+    run_dir = root / "capacity" / f"seed{seed}"
+    return (f"seed{seed}/capacity", ["sft-student", f"seed={seed}", "data.train_split=teacher_train",
+                                     "train.max_steps=1000", "train.select=val_loss", *SCORED,
+                                     f"run_dir={run_dir}"], [run_dir])
+
+
 def from_sft_student(root: Path, seed: int, parts: list[int]) -> list[tuple[str, list[str], list[Path]]]:
     """(name, distillm arguments, run dirs) of every run that starts from the seed's SFT student."""
     teacher, answers = f"teacher_dir={root / 'teacher' / 'checkpoint'}", f"generations={root / 'answers'}"
@@ -119,7 +129,7 @@ def from_sft_student(root: Path, seed: int, parts: list[int]) -> list[tuple[str,
         runs.append((f"seed{seed}/losses", ["distill", "-m", f"loss={','.join(LOSSES)}", "off_policy=none", teacher,
                                             answers, *start, f"run_dir={sweep}"],
                      [sweep / str(job) for job in range(len(LOSSES))]))
-        for name, extra in (("seqkd", [answers]), ("control", []), ("capacity", ["data.train_split=teacher_train"])):
+        for name, extra in (("seqkd", [answers]), ("control", []), ("labels4000", ["data.train_split=teacher_train"])):
             run_dir = root / name / f"seed{seed}"
             runs.append((f"seed{seed}/{name}", ["sft-student", *start, *extra, f"run_dir={run_dir}"], [run_dir]))
     if 2 in parts:
@@ -155,21 +165,27 @@ def loss_table(root: Path, seeds: list[int]) -> tuple[list[str], list[list[str]]
                                             {s: root / "seqkd" / f"seed{s}" for s in seeds}}
     for job, loss in enumerate(LOSSES):
         rows[f"distill loss={loss}"] = {s: root / "losses" / f"seed{s}" / str(job) for s in seeds}
-    rows["capacity: + 300 SFT steps on the teacher's 4000 labels"] = {s: root / "capacity" / f"seed{s}"
-                                                                      for s in seeds}
+    rows["+ 300 SFT steps on the teacher's 4000 labels"] = {s: root / "labels4000" / f"seed{s}" for s in seeds}
+    rows["capacity: the student trained as the teacher (1000 steps on the 4000 labels)"] = {
+        s: root / "capacity" / f"seed{s}" for s in seeds}
     start = {s: rouge(root / "sft" / f"seed{s}") for s in seeds}
     reach = {s: rouge(root / "capacity" / f"seed{s}") for s in seeds}
+    seqkd = {s: rouge(root / "seqkd" / f"seed{s}") for s in seeds}
     table, figures = [], {}
     for name, runs in rows.items():
         scores = [rouge(runs[s]) for s in seeds]
         em = [summary(runs[s])["scores"]["student"]["exact_match"]["mean"] for s in seeds]
         seconds = [summary(runs[s]).get("train_seconds", 0.0) for s in seeds]
         gap = [100.0 * (rouge(runs[s]) - start[s]) / (reach[s] - start[s]) for s in seeds]
-        shared = name == "teacher" or name.startswith("SFT-only")
+        # paired by seed: the same SFT student under both, so its own seed noise cancels
+        versus_seqkd = [rouge(runs[s]) - seqkd[s] for s in seeds]
+        shared = name == "teacher" or name.startswith(("SFT-only", "capacity"))
+        wins = f"{spread(versus_seqkd)} (above on {sum(d > 0 for d in versus_seqkd)}/{len(seeds)} seeds)"
         table.append([name, spread(scores), spread(em, 1), "" if shared else spread(gap, 0) + " %",
-                      f"{statistics.fmean(seconds):.0f}s"])
-        figures[name] = {"rouge_l": scores, "exact_match": em, "gap_closed_percent": gap, "train_seconds": seconds}
-    return ["model", "ROUGE-L", "exact match %", "gap closed", "train time"], table, figures
+                      "" if shared or name.startswith("SeqKD") else wins, f"{statistics.fmean(seconds):.0f}s"])
+        figures[name] = {"rouge_l": scores, "exact_match": em, "gap_closed_percent": gap,
+                         "minus_seqkd": versus_seqkd, "train_seconds": seconds}
+    return ["model", "ROUGE-L", "exact match %", "gap closed", "minus SeqKD, same seed", "train time"], table, figures
 
 
 def off_policy_table(root: Path, seeds: list[int]) -> tuple[list[str], list[list[str]], dict]:
@@ -209,7 +225,8 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for done in [pool.submit(sft_student, runner, root, seed) for seed in args.seeds]:
             done.result()
-        runs = [run for seed in args.seeds for run in from_sft_student(root, seed, args.part)]
+        runs = [capacity(root, seed) for seed in args.seeds if 1 in args.part]
+        runs += [run for seed in args.seeds for run in from_sft_student(root, seed, args.part)]
         runs.sort(key=lambda run: -len(run[2]))
         for done in [pool.submit(runner.run, *run) for run in runs]:
             done.result()

@@ -27,7 +27,7 @@ def scored(run_dir: Path, rouge: float, **extra) -> None:
 def test_every_run_starts_from_its_seeds_sft_student_at_equal_steps(compare, tmp_path):
     runs = compare.from_sft_student(tmp_path, 1, [1, 2])
     names = [name for name, _, _ in runs]
-    assert names[:4] == ["seed1/losses", "seed1/seqkd", "seed1/control", "seed1/capacity"]
+    assert names[:4] == ["seed1/losses", "seed1/seqkd", "seed1/control", "seed1/labels4000"]
     assert len(names) == 4 + len(compare.OFF_POLICY)
     sweep_args, sweep_dirs = runs[0][1], runs[0][2]
     assert sweep_args[:3] == ["distill", "-m", "loss=fkl,rkl,jsd,tvd,skew_fkl,skew_rkl"]
@@ -41,6 +41,10 @@ def test_every_run_starts_from_its_seeds_sft_student_at_equal_steps(compare, tmp
     assert f"generations={tmp_path / 'answers'}" in runs[1][1] and not any("generations" in a for a in runs[2][1])
     assert "data.train_split=teacher_train" in runs[3][1]
     assert "off_policy.replay=false" in runs[-1][1]
+    name, args, dirs = compare.capacity(tmp_path, 2)
+    # the reference is trained as the teacher is, from the student's own init (no student_dir)
+    assert {"seed=2", "data.train_split=teacher_train", "train.max_steps=1000"} <= set(args)
+    assert not any(a.startswith("student_dir=") for a in args) and dirs == [tmp_path / "capacity" / "seed2"]
 
 
 def test_gap_closed_is_measured_per_seed_between_sft_only_and_capacity(compare, tmp_path):
@@ -49,15 +53,19 @@ def test_gap_closed_is_measured_per_seed_between_sft_only_and_capacity(compare, 
     for seed, (start, reach) in zip(seeds, [(10.0, 30.0), (20.0, 30.0)]):
         scored(tmp_path / "sft" / f"seed{seed}", start)
         scored(tmp_path / "capacity" / f"seed{seed}", reach)
+        scored(tmp_path / "labels4000" / f"seed{seed}", start + 1.0)
         scored(tmp_path / "control" / f"seed{seed}", start + 2.0)
         scored(tmp_path / "seqkd" / f"seed{seed}", start + 5.0)
         for job in range(len(compare.LOSSES)):
             scored(tmp_path / "losses" / f"seed{seed}" / str(job), start + job)
     headers, rows, figures = compare.loss_table(tmp_path, seeds)
-    assert headers[3] == "gap closed"
+    assert headers[3:5] == ["gap closed", "minus SeqKD, same seed"]
     seqkd = figures["SeqKD: + 300 SFT steps on labels + teacher answers"]
     assert seqkd["gap_closed_percent"] == pytest.approx([25.0, 50.0])  # 5 of 20, 5 of 10
     assert figures["distill loss=skew_rkl"]["rouge_l"] == [15.0, 25.0]
     by_name = {row[0]: row for row in rows}
     assert by_name["SeqKD: + 300 SFT steps on labels + teacher answers"][3] == "38 ± 18 %"
     assert by_name["teacher"][1] == "70.00 ± 0.00" and by_name["teacher"][3] == ""
+    # fkl is job 0: start + 0, 5 below SeqKD on both seeds
+    assert figures["distill loss=fkl"]["minus_seqkd"] == [-5.0, -5.0]
+    assert by_name["distill loss=fkl"][4] == "-5.00 ± 0.00 (above on 0/2 seeds)"

@@ -133,7 +133,7 @@ def test_runs_that_differ_only_in_seed_share_a_row_with_the_spread_over_seeds(tm
     result = report([str(root)])
     assert [r["label"] for r in result["runs"]] == ["loss=fkl", "loss=skew_rkl"]
     fkl, skew = result["runs"]
-    assert fkl["seeds"] == ["0", "1", "2"] and fkl["name"] == "0, 1, 2" and skew["name"] == "3, 4, 5"
+    assert fkl["seeds"] == ["0", "1", "2"] and fkl["name"] == "0 (+2)" and skew["name"] == "3 (+2)"
     # the std is over training seeds (the runs' means), not the evaluation seeds' 5.0
     assert fkl["scores"]["student"]["rouge_l"] == pytest.approx({"mean": 32.0, "std": 2.0, "n": 3})
     assert skew["scores"]["student"]["rouge_l"] == pytest.approx({"mean": 41.0, "std": 1.0, "n": 3})

@@ -286,7 +286,8 @@ def _seed_group(group: list[dict]) -> dict:
     parts = [part for part in first["label_parts"] if not part.startswith("seed=")]
     (loss, loss_std), (val, val_std), (seconds, _) = spread("final_loss"), spread("final_val_loss"), spread(
         "train_seconds")
-    return {**first, "name": ", ".join(entry["name"] for entry in group), "settings": settings,
+    # the first run's name stands for the group (the rest are listed in report.json)
+    return {**first, "name": f"{first['name']} (+{len(group) - 1})", "settings": settings,
             "label_parts": parts, "label": " ".join(parts), "metrics": _mean_curve(group),
             "final_loss": loss, "final_loss_std": loss_std, "final_val_loss": val, "final_val_loss_std": val_std,
             "train_seconds": seconds, "scores": scores,
@@ -313,7 +314,7 @@ def _fmt(value) -> str:
 
 def _fmt_spread(value, std) -> str:
     """A value, or mean ± std over training seeds for a group of runs."""
-    return _fmt(value) if std is None or value is None else f"{_fmt(value)} ± {_fmt(std)}"
+    return _fmt(value) if std is None or value is None else f"{_fmt(value)} ± {std:.2g}"
 
 
 def _fmt_seconds(seconds) -> str:
