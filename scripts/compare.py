@@ -122,16 +122,17 @@ def from_sft_student(root: Path, seed: int, parts: list[int]) -> list[tuple[str,
     teacher, answers = f"teacher_dir={root / 'teacher' / 'checkpoint'}", f"generations={root / 'answers'}"
     # ${seed} rather than the number: the runs of one setting then differ in `seed` alone, and
     # `distillm report` folds them into one row (mean ± std over the seeds).
-    start = [f"seed={seed}", f"student_dir={root / 'sft'}/seed${{seed}}/checkpoint", *EQUAL_STEPS, *SCORED]
+    start = [f"seed={seed}", f"student_dir={root / 'sft'}/seed${{seed}}/checkpoint", *SCORED]
     runs = []
     if 1 in parts:
         sweep = root / "losses" / f"seed{seed}"
         runs.append((f"seed{seed}/losses", ["distill", "-m", f"loss={','.join(LOSSES)}", "off_policy=none", teacher,
-                                            answers, *start, f"run_dir={sweep}"],
+                                            answers, *start, *EQUAL_STEPS, f"run_dir={sweep}"],
                      [sweep / str(job) for job in range(len(LOSSES))]))
         for name, extra in (("seqkd", [answers]), ("control", []), ("labels4000", ["data.train_split=teacher_train"])):
             run_dir = root / name / f"seed{seed}"
-            runs.append((f"seed{seed}/{name}", ["sft-student", *start, *extra, f"run_dir={run_dir}"], [run_dir]))
+            runs.append((f"seed{seed}/{name}", ["sft-student", *start, *EQUAL_STEPS, *extra, f"run_dir={run_dir}"],
+                         [run_dir]))
     if 2 in parts:
         for number, (mode, extra) in enumerate(OFF_POLICY.items()):
             run_dir = root / "off_policy" / f"seed{seed}" / str(number)

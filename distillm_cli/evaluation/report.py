@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError, report_and_exit
+from .metrics import mean_std
 
 # Keys that never tell runs apart (where the run went, how it was started).
 IGNORED_KEYS = ("run_dir", "resume", "overwrite")
@@ -236,17 +237,9 @@ def _short(text: str, limit: int = MAX_LABEL) -> str:
 
 
 # ------------------------------------------------------------ runs that differ only in seed
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
-
-
 def _mean_curve(group: list[dict]) -> list[dict]:
     """The loss and val_loss curves averaged over a group's runs, at the steps all of them logged."""
-    by_run = []
-    for entry in group:
-        by_run.append({int(r["step"]): r for r in entry["metrics"]})
+    by_run = [{int(r["step"]): r for r in entry["metrics"]} for entry in group]
     steps = sorted(set.intersection(*(set(run) for run in by_run)))
     curve = []
     for step in steps:
@@ -274,12 +267,12 @@ def _seed_group(group: list[dict]) -> dict:
             values = [entry["scores"].get(model, {}).get(metric, {}).get("mean") for entry in group]
             values = [v for v in values if v is not None]
             if values:
-                mean, std = _mean_std(values)
+                mean, std = mean_std(values)
                 scores.setdefault(model, {})[metric] = {"mean": mean, "std": std, "n": len(values)}
 
     def spread(key: str) -> tuple[float | None, float | None]:
         values = [entry[key] for entry in group if entry[key] is not None]
-        return _mean_std(values) if values else (None, None)
+        return mean_std(values) if values else (None, None)
 
     counts = [entry["source_counts"] for entry in group if entry["source_counts"]]
     settings = {k: v for k, v in first["settings"].items() if k != "seed"}

@@ -66,7 +66,8 @@ def run(cfg) -> dict:
             results[name] = {"source": source, "sets": {}}
             started = time.perf_counter()
             for set_name, records in sets.items():
-                results[name].setdefault("sampling", generator.settings([fmt.prompt_ids(r) for r in records]))
+                if "sampling" not in results[name]:  # described once per model, from its first set's prompts
+                    results[name]["sampling"] = generator.settings([fmt.prompt_ids(r) for r in records])
                 scores, answers = score_set(cfg, generator, tokenizer, records, runtime, f"{name} on {set_name}")
                 for seed, texts in answers.items():
                     for record, text in zip(records, texts if out is not None else ()):
