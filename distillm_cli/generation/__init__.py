@@ -16,9 +16,11 @@ gives the same responses; the caller's random state is left alone. Backends
 (generation.backend):
 
     hf.py      transformers `generate` on the model in this process
+    vllm.py    a vLLM engine in this process, given the model's current weights before each call
+    served.py  an OpenAI-compatible completions server by URL (black-box teacher answers)
 
-A new backend (vLLM, an OpenAI-compatible server) is a new module here with the same
-`generate` method, chosen in `make_generator`; no stage changes.
+A new backend is a new module here with the same `generate` method, chosen in
+`make_generator`; no stage changes.
 """
 from __future__ import annotations
 
@@ -48,4 +50,12 @@ def make_generator(model, gen_cfg, tokenizer, *, max_length: int, sharded: bool 
     (ZeRO-3 with several processes), so every rank must take part in every forward."""
     if gen_cfg.backend == "hf":
         return HFGenerator(model, gen_cfg, tokenizer, max_length=max_length, sharded=sharded)
-    raise UserError(f"unknown generation backend '{gen_cfg.backend}'; choose generation.backend=hf")
+    if gen_cfg.backend == "vllm":
+        from .vllm import VLLMGenerator
+
+        return VLLMGenerator(model, gen_cfg, tokenizer, max_length=max_length, sharded=sharded)
+    if gen_cfg.backend == "openai":
+        from .served import ServedGenerator
+
+        return ServedGenerator(model, gen_cfg, tokenizer, max_length=max_length)
+    raise UserError(f"unknown generation backend '{gen_cfg.backend}'; choose generation.backend=hf, vllm or openai")
