@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import torch
+
 from ..errors import UserError
 from .hf import HFGenerator
 
@@ -47,15 +49,21 @@ class Generator(Protocol):
 
 def make_generator(model, gen_cfg, tokenizer, *, max_length: int, sharded: bool = False) -> Generator:
     """The backend of `gen_cfg` for `model`. sharded: the weights are partitioned across ranks
-    (ZeRO-3 with several processes), so every rank must take part in every forward."""
+    (ZeRO-3 with several processes), so every rank must take part in every forward.
+
+    `model` may also be a function that loads it: a served model (backend=openai) never
+    needs the weights here, so they are loaded only for the backends that run them."""
+    if gen_cfg.backend == "openai":
+        from .served import ServedGenerator
+
+        return ServedGenerator(None if callable(model) and not isinstance(model, torch.nn.Module) else model,
+                               gen_cfg, tokenizer, max_length=max_length)
+    if callable(model) and not isinstance(model, torch.nn.Module):
+        model = model()
     if gen_cfg.backend == "hf":
         return HFGenerator(model, gen_cfg, tokenizer, max_length=max_length, sharded=sharded)
     if gen_cfg.backend == "vllm":
         from .vllm import VLLMGenerator
 
         return VLLMGenerator(model, gen_cfg, tokenizer, max_length=max_length, sharded=sharded)
-    if gen_cfg.backend == "openai":
-        from .served import ServedGenerator
-
-        return ServedGenerator(model, gen_cfg, tokenizer, max_length=max_length)
     raise UserError(f"unknown generation backend '{gen_cfg.backend}'; choose generation.backend=hf, vllm or openai")

@@ -1,8 +1,9 @@
 """The vLLM backend (generation.backend=vllm): the model's current weights in a vLLM engine.
 
-One engine per model architecture and length limit, built on first use in this process and
-shared by every generator of it (no engine process: the engine core runs in-process, `VLLM_ENABLE_V1_MULTIPROCESSING=0`, so no spawn, no entry
-point guard, and weight updates are plain calls). It is created from the model's config
+One engine per model architecture and length limit, built on first use in this process
+and shared by every generator of it. The engine core runs in-process
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`): no spawned process, no entry-point guard, and
+weight updates are plain calls. It is created from the model's config
 alone with placeholder weights (`load_format="dummy"`), and before every `generate` the
 model's current weights are copied into it with vLLM's in-place reload: the full state
 dict (a tied output head included, which vLLM needs under its own key), gathered one
