@@ -823,9 +823,11 @@ def _padded_pair_batch():
     return {"input_ids": ids, "attention_mask": attention, "labels": labels, "pairs": torch.tensor(2)}
 
 
-def test_the_pair_step_on_response_rows_equals_the_dense_pair_step():
-    """DistiLLM-2's step (batch_pair_loss: head on response rows, chunked gap) against the dense one it
-    replaced (logits at every position, mean_label_probability on them): loss, alphas and gradients."""
+@pytest.mark.parametrize("fused_head", [False, True])
+def test_the_pair_step_on_response_rows_equals_the_dense_pair_step(fused_head):
+    """DistiLLM-2's step (batch_pair_loss: head on response rows, or fused into the loss; chunked gap)
+    against the dense one it replaced (logits at every position, mean_label_probability on them):
+    loss, alphas and gradients."""
     from distillm_cli.models.loading import forward_logits
     from distillm_cli.runtime import Runtime
     from distillm_cli.teacher import LiveTeacher
@@ -847,7 +849,7 @@ def test_the_pair_step_on_response_rows_equals_the_dense_pair_step():
 
         student.zero_grad()
         loss, alpha_t, alpha_s = batch_pair_loss(student, teacher, batch, runtime, 50, alphas=alphas, beta=0.7,
-                                                 temperature=1.0, chunk_size=3)
+                                                 temperature=1.0, chunk_size=3, fused_head=fused_head)
         loss.backward()
         rows_grads = [p.grad.clone() for p in student.parameters()]
 

@@ -7,11 +7,13 @@
     distillm2_rows(...) the same loss on the response rows of a pair batch ([1, N, V], a sample index per row)
     label_logprobs(...) log-probability of each row's label, chunked (DistiLLM-2's alpha curriculum)
 
-    dense.py   every loss over full-vocabulary logits, fused and chunked (no [N, V] temporaries
-               beyond one chunk; the gradient formed in the forward pass)
+    dense.py       every loss over full-vocabulary logits, fused and chunked (no [N, V] temporaries
+                   beyond one chunk; the gradient formed in the forward pass)
+    fused_head.py  the same losses from both models' last hidden states and output heads: the
+                   logits exist one chunk at a time (kd_objective_head, distillm2_head,
+                   head_label_logprobs); loss.fused_head
 
-A new family of losses (divergences on a sparse top-k teacher, the output head fused into
-the loss) is a new module here, exported below.
+A new family of losses (divergences on a sparse top-k teacher) is a new module here, exported below.
 """
 from .dense import (
            LOSS_NAMES,
@@ -28,6 +30,8 @@ from .dense import (
            skew_rkl,
            tvd,
 )
+from .fused_head import distillm2_head, head_label_logprobs, kd_objective_head
 
-__all__ = ["LOSSES", "LOSS_NAMES", "check_loss_params", "distillm2", "distillm2_rows", "fkl", "jsd",
-           "kd_objective", "label_logprobs", "rkl", "skew_fkl", "skew_rkl", "tvd"]
+__all__ = ["LOSSES", "LOSS_NAMES", "check_loss_params", "distillm2", "distillm2_head", "distillm2_rows", "fkl",
+           "head_label_logprobs", "jsd", "kd_objective", "kd_objective_head", "label_logprobs", "rkl", "skew_fkl",
+           "skew_rkl", "tvd"]

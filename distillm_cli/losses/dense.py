@@ -654,12 +654,23 @@ def kd_objective(student_logits, teacher_logits, labels, *, loss: str, kd_ratio=
     Returns (objective: scalar tensor, stats: {"kd_sum", "ce_sum", "tokens"} as
     python floats; kd_sum is 0.0 when kd_ratio == 0).
     """
+    if teacher_logits is None and float(kd_ratio) > 0:
+        raise ValueError("teacher logits are required when kd_ratio > 0: pass the teacher or set kd_ratio=0 (SFT)")
+    mask = _check_inputs(student_logits, teacher_logits, labels != -100)
+    spec = kd_spec(loss=loss, kd_ratio=kd_ratio, alpha=alpha, beta=beta, temperature=temperature,
+                   detach_mixture=detach_mixture, normalizer=normalizer, chunk_size=chunk_size,
+                   any_kept=bool(mask.any()))
+    objective, div_sum, ce_sum = _run(student_logits, teacher_logits, mask, labels, spec)
+    stats = {"kd_sum": float(div_sum), "ce_sum": float(ce_sum), "tokens": float(mask.sum())}
+    return objective, stats
+
+
+def kd_spec(*, loss, kd_ratio, alpha, beta, temperature, detach_mixture, normalizer, chunk_size, any_kept) -> _Spec:
+    """The fused pass of ``kd_objective`` (checked): kd_ratio · D + (1 − kd_ratio) · CE per kept row,
+    divided by ``normalizer`` (None: the kept rows' count)."""
     kd_ratio = float(kd_ratio)
     if not 0.0 <= kd_ratio <= 1.0:
         raise ValueError(f"kd_ratio={kd_ratio} must lie in [0, 1]")
-    if teacher_logits is None and kd_ratio > 0:
-        raise ValueError("teacher logits are required when kd_ratio > 0: pass the teacher or set kd_ratio=0 (SFT)")
-    mask = _check_inputs(student_logits, teacher_logits, labels != -100)
     check_loss_params(loss, alpha if loss in _USES_ALPHA else 0.0, beta)
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be positive")
@@ -670,13 +681,11 @@ def kd_objective(student_logits, teacher_logits, labels, *, loss: str, kd_ratio=
         spec.mean = True
     else:
         norm = float(normalizer)
-        if norm <= 0 and bool(mask.any()):
+        if norm <= 0 and any_kept:
             raise ValueError(f"normalizer={norm} must be positive: pass the number of response tokens")
         inv = 1.0 / norm if norm > 0 else 0.0
         spec.scale, spec.w_ce = kd_ratio * inv, (1.0 - kd_ratio) * inv
-    objective, div_sum, ce_sum = _run(student_logits, teacher_logits, mask, labels, spec)
-    stats = {"kd_sum": float(div_sum), "ce_sum": float(ce_sum), "tokens": float(mask.sum())}
-    return objective, stats
+    return spec
 
 
 def distillm2(student_logits_t, teacher_logits_t, mask_t, student_logits_s, teacher_logits_s, mask_s, *,
@@ -762,8 +771,20 @@ def distillm2_rows(student_logits, teacher_logits, sample, pairs, *, alpha_t=0.1
                          "same tokenizer and vocabulary size")
     if not student.is_floating_point() or not teacher.is_floating_point():
         raise ValueError("logits must be a floating-point tensor")
-    n_rows, B = student.shape[0], int(pairs)
-    sample = torch.as_tensor(sample, device=student.device).long().reshape(-1)
+    n_rows = student.shape[0]
+    parts = distillm2_parts(sample, pairs, n_rows, alpha_t=alpha_t, alpha_s=alpha_s, beta=beta,
+                            temperature=temperature, chunk_size=chunk_size, cdt=_compute_dtype(student, teacher),
+                            device=student.device)
+    objective, _, _ = _run(student, teacher, torch.ones((n_rows, 1), dtype=torch.bool, device=student.device),
+                           None, parts)
+    return objective
+
+
+def distillm2_parts(sample, pairs, n_rows, *, alpha_t, alpha_s, beta, temperature, chunk_size, cdt, device) -> list:
+    """The fused passes of ``distillm2_rows`` (checked): [(0, N_t, SKL spec), (N_t, N, SRKL spec)] over
+    the rows, each row weighted by its response's share of the batch mean (a part is None at weight 0)."""
+    B = int(pairs)
+    sample = torch.as_tensor(sample, device=device).long().reshape(-1)
     if sample.numel() != n_rows:
         raise ValueError(f"sample must give the sequence of each of the {n_rows} rows, got {sample.numel()}")
     if n_rows and (int(sample.min()) < 0 or int(sample.max()) >= 2 * B):
@@ -779,7 +800,6 @@ def distillm2_rows(student_logits, teacher_logits, sample, pairs, *, alpha_t=0.1
     beta = float(beta)
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"distillm2 beta={beta} must lie in [0, 1]")
-    cdt = _compute_dtype(student, teacher)
     tokens = torch.bincount(sample, minlength=2 * B).clamp(min=1).to(cdt)[sample]  # [N] rows of the row's response
     parts = []
     for lo, hi, name, alpha, weight, detach, first in ((0, n_t, "skew_fkl", alpha_t, 1.0 - beta, False, 0),
@@ -790,13 +810,11 @@ def distillm2_rows(student_logits, teacher_logits, sample, pairs, *, alpha_t=0.1
         # Rows are the batch dimension of the [N, 1, V] view, so weight and alpha are per row,
         # indexed within the part (_fused_parts hands each part its slice of the rows).
         if torch.is_tensor(alpha):
-            alpha = alpha.to(device=student.device, dtype=cdt)[sample[lo:hi] - first]  # [hi - lo]
+            alpha = alpha.to(device=device, dtype=cdt)[sample[lo:hi] - first]  # [hi - lo]
         spec = _Spec(name=name, alpha=alpha, temperature=float(temperature), detach=detach,
                      scale=weight / (B * tokens[lo:hi]), chunk_size=int(chunk_size))
         parts.append((lo, hi, spec))
-    objective, _, _ = _run(student, teacher, torch.ones((n_rows, 1), dtype=torch.bool, device=student.device),
-                           None, parts)
-    return objective
+    return parts
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import torch
 from ..data.formats import IGNORE
 from ..errors import UserError
 from . import presets
+from .head import check_head, gathered, output_head, response_rows
 
 log = logging.getLogger("distillm")
 
@@ -148,15 +149,22 @@ def forward_logits(model, batch: dict, device: torch.device, vocab: int) -> torc
 def response_logits(model, batch: dict, device: torch.device, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [1, N, V] at the N positions the loss counts (labels != -100), and their labels [1, N].
 
-    The output head runs on those positions alone (transformers' ``logits_to_keep`` with a
-    boolean mask), so prompt and padding positions never cost a row of V logits: at vocab
-    50k the head is most of a small model's forward, and a prompt is often half the tokens.
-    Every loss only reads kept positions, so the result is the same as slicing full logits.
+    The output head runs on those positions alone (head.response_rows: the body's last hidden
+    states cut to the kept rows, then the head), so prompt and padding positions never cost a
+    row of V logits: at vocab 50k the head is most of a small model's forward, and a prompt is
+    often half the tokens. Every loss only reads kept positions, so the result is the same as
+    slicing full logits. A model whose logits ``check_head`` cannot reproduce from its hidden
+    states gets the full forward, cut afterwards.
     """
     labels = batch["labels"].to(device)
     keep = labels != IGNORE
     if not bool(keep.any()):  # nothing to score: the losses return 0 for an all-masked batch
         return forward_logits(model, batch, device, vocab), labels
-    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                logits_to_keep=keep)  # a boolean mask gives [N, V] rows, flattened over the batch
-    return out.logits[..., :vocab].unsqueeze(0), labels[keep].unsqueeze(0)
+    try:
+        check_head(model, vocab, "model")
+        head = output_head(model, vocab)
+    except UserError:  # an unknown transform after the head: the model's own logits, cut to the rows
+        return forward_logits(model, batch, device, vocab)[keep].unsqueeze(0), labels[keep].unsqueeze(0)
+    with gathered(head):
+        logits = response_rows(model, batch, device, lambda hidden, _labels: head.logits(hidden))  # [N, V]
+    return logits.unsqueeze(0), labels[keep].unsqueeze(0)

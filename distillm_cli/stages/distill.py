@@ -21,12 +21,11 @@ from ..data.formats import Example, build_example
 from ..data.sources import encode_split, read_generations, read_lm_blocks
 from ..evaluation.scoring import after_training_scores
 from ..generation import make_generator
-from ..losses import kd_objective
-from ..models.loading import load_shared_tokenizer, load_student, response_logits, vocab_size
+from ..models.loading import load_shared_tokenizer, load_student, vocab_size
 from ..run_dir import RunLog, open_run
 from ..teacher import load_teacher
 from ..train.engine import StepPlan, build_engine, train
-from ..train.objectives import batch_kd_loss, kd_params, validation_kd_loss
+from ..train.objectives import batch_ce_loss, batch_kd_loss, kd_params, validation_kd_loss
 from ..train.offpolicy import OffPolicySchedule
 from ..train.selection import Selection
 
@@ -85,8 +84,8 @@ def run(cfg) -> dict:
     def lm_term(stats: dict) -> torch.Tensor:
         """lm_coef * token-mean CE on one batch of pre-training text, an equal share of the window."""
         batch = collate(lm_stream.next(), pad)
-        logits, labels = response_logits(engine, batch, runtime.device, vocab)
-        ce, _ = kd_objective(logits, None, labels, loss="fkl", kd_ratio=0.0, chunk_size=cfg.loss.chunk_size)
+        ce, _ = batch_ce_loss(engine, batch, runtime, vocab, normalizer=None, chunk_size=cfg.loss.chunk_size,
+                              fused_head=cfg.loss.fused_head)  # token mean
         stats["lm_ce_sum"] = float(ce.detach()) * stats["tokens"]  # logged per response token like kd/ce
         return cfg.loss.lm_coef * ce / cfg.train.grad_accum
 

@@ -115,7 +115,7 @@ def run(cfg) -> dict:
         # Both models' output head on the response rows only; the gap from a chunked pass over them.
         loss, alphas_t, alphas_s = batch_pair_loss(engine, teacher, batch, runtime, vocab, alphas=alphas,
                                                    beta=beta_now(), temperature=cfg.loss.temperature,
-                                                   chunk_size=cfg.loss.chunk_size)
+                                                   chunk_size=cfg.loss.chunk_size, fused_head=cfg.loss.fused_head)
         stats = {"kd_sum": float(loss.detach()) * n, "tokens": float(n),
                  "alpha_t_sum": float(alphas_t.sum()), "alpha_s_sum": float(alphas_s.sum())}
         return cfg.loss.scale * loss * n / normalizer, stats
@@ -130,7 +130,8 @@ def run(cfg) -> dict:
             n = int(batch["pairs"])
             loss, _, _ = batch_pair_loss(engine, teacher, batch, runtime, vocab,
                                          alphas=lambda gap: (cfg.loss.alpha, cfg.loss.alpha_s), beta=cfg.loss.beta,
-                                         temperature=cfg.loss.temperature, chunk_size=cfg.loss.chunk_size)
+                                         temperature=cfg.loss.temperature, chunk_size=cfg.loss.chunk_size,
+                                         fused_head=cfg.loss.fused_head)
             return float(loss) * n, float(n)
 
         engine.eval()

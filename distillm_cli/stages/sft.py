@@ -14,10 +14,10 @@ from pathlib import Path
 from ..data.batches import BatchStream, collate, fixed_batches
 from ..data.sources import encode_split, read_generations
 from ..evaluation.scoring import after_training_scores
-from ..losses import kd_objective
-from ..models.loading import load_model, load_student, load_tokenizer, response_logits, vocab_size
+from ..models.loading import load_model, load_student, load_tokenizer, vocab_size
 from ..run_dir import RunLog, open_run
 from ..train.engine import StepPlan, build_engine, mean_over_batches, train
+from ..train.objectives import batch_ce_loss
 from ..train.selection import Selection
 
 
@@ -43,15 +43,13 @@ def run(cfg) -> dict:
         batches = [collate(stream.next(), pad) for _ in range(cfg.train.grad_accum)]
         return StepPlan(batches, {"phi": 0.0, "data_source": "dataset", "buffer_size": 0})
 
-    def micro_loss(batch: dict, normalizer: float):
-        logits, labels = response_logits(engine, batch, runtime.device, vocab)  # [1, N, V]: response positions
-        return kd_objective(logits, None, labels, loss="fkl", kd_ratio=0.0,
-                            normalizer=normalizer, chunk_size=cfg.loss.chunk_size)
+    def micro_loss(batch: dict, normalizer: float):  # CE on the response tokens
+        return batch_ce_loss(engine, batch, runtime, vocab, normalizer=normalizer, chunk_size=cfg.loss.chunk_size,
+                             fused_head=cfg.loss.fused_head)
 
     def ce_sum(batch: dict):
-        logits, labels = response_logits(engine, batch, runtime.device, vocab)
-        _, stats = kd_objective(logits, None, labels, loss="fkl", kd_ratio=0.0,
-                                normalizer=1.0, chunk_size=cfg.loss.chunk_size)
+        _, stats = batch_ce_loss(engine, batch, runtime, vocab, normalizer=1.0, chunk_size=cfg.loss.chunk_size,
+                                 fused_head=cfg.loss.fused_head)
         return stats["ce_sum"], stats["tokens"]
 
     def validation_loss() -> float:

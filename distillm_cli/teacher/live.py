@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.head import OutputHead, check_head, output_head, response_rows
 from ..models.loading import forward_logits, load_model, response_logits, vocab_size
 from ..runtime import Runtime
 from ..train.engine import build_frozen_engine, zero_stage
@@ -47,6 +48,14 @@ class LiveTeacher:
     @torch.no_grad()
     def response_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return response_logits(self.model, batch, self.device, self.vocab)
+
+    @torch.no_grad()
+    def response_hidden(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return response_rows(self.model, batch, self.device, lambda hidden, labels: (hidden, labels))
+
+    def output_head(self) -> OutputHead:
+        check_head(self.model, self.vocab, "teacher")
+        return output_head(self.model, self.vocab)
 
     @torch.no_grad()
     def logits(self, batch: dict) -> torch.Tensor:

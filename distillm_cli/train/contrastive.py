@@ -57,7 +57,13 @@ def response_label_probability(logits: torch.Tensor, labels: torch.Tensor, sampl
     No [B, T, V] float copy: the label log-probabilities come from a chunked pass over the
     rows (losses.label_logprobs), then a per-sample mean (index_add over the rows).
     """
-    probs = label_logprobs(logits, labels, chunk_size=chunk_size).exp()  # [N]
+    return per_sample_probability(label_logprobs(logits, labels, chunk_size=chunk_size), sample, samples)
+
+
+@torch.no_grad()
+def per_sample_probability(logprobs: torch.Tensor, sample: torch.Tensor, samples: int) -> torch.Tensor:
+    """Mean of exp(logprobs) over the rows of each sample: logprobs [N], sample [N] -> [samples]."""
+    probs = logprobs.exp()  # [N]
     sample = sample.to(probs.device)
     sums = torch.zeros(samples, dtype=probs.dtype, device=probs.device).index_add_(0, sample, probs)
     return sums / torch.bincount(sample, minlength=samples).clamp_min(1)

@@ -1,0 +1,260 @@
+"""The distillation losses with both models' output head fused in: no [N, V] logits at all.
+
+The losses of dense.py read logit rows. Here they read what the logits are made of: the
+last hidden states of the N response positions of each model (student hᵢ ∈ ℝ^H, teacher
+h'ᵢ ∈ ℝ^H') and each model's output head (``models.head.OutputHead``):
+
+    zᵢ = softcap(scale · (W hᵢ + b))[:V]          student logits of row i     (W: [V', H])
+    z'ᵢ = softcap'(scale' · (W' h'ᵢ + b'))[:V]     teacher logits of row i     (W': [V', H'])
+
+and compute exactly the objective of dense.py on (z, z'): for ``kd_objective_head``
+
+    L = Σ_i [kd_ratio · D(p'ᵢ, qᵢ) + (1 − kd_ratio) · CE(qᵢ, yᵢ)] / normalizer,
+        qᵢ = softmax(zᵢ / T), p'ᵢ = softmax(z'ᵢ / T), D ∈ {fkl, rkl, skew_fkl, skew_rkl, jsd, tvd}
+
+(formulas and numerics in dense.py's docstring), and for ``distillm2_head`` DistiLLM-2's
+contrastive loss of ``dense.distillm2_rows`` on the rows of a pair batch.
+
+How. The rows are visited in chunks of n (the CHUNK_BYTES budget of dense.py). For a
+chunk, both heads form that chunk's logits [n, V] into reused work arrays, dense.py's
+``_chunk`` forms the loss terms and G = ∂L/∂z [n, V], and G is pushed back through the
+head at once:
+
+    ∂L/∂hᵢ = Gᵢ · (∂z/∂u) W[:V]            [n, H]   (u = W h + b before scale and softcap)
+    ∂L/∂W[:V] += ((∂z/∂u) ⊙ G)ᵀ hᵢ          [V, H]   (accumulated over the chunks)
+    ∂L/∂b[:V] += Σ_i (∂z/∂u) ⊙ Gᵢ           [V]
+    ∂z/∂u = scale · (1 − (z / c)²) with softcap c, scale without.
+
+So beyond the models' own tensors there exist only: the hidden-state gradient [N, H],
+the head-weight gradient [V', H] (which autograd would hold anyway) and a few [n, V]
+chunk arrays. Padded vocabulary rows (V' > V) get a zero gradient and are never read.
+A head that does not require a gradient (a LoRA student's frozen head) gets none formed.
+
+Precision. Logits are formed in the model's dtype (as the model's own head would), the
+loss math in float32 (float64 for float64 inputs). The head-weight gradient accumulates
+in float32 (float64) over the chunks. For fp16 / bf16 students, G goes through the head
+matrix in the model's dtype, scaled per chunk by a power of two so its largest entry is
+near 1 (a token-normalised gradient of 1e-7-1e-10 would flush to 0 in fp16), and the
+[n, H] product is unscaled in float32; backward then multiplies by the incoming gradient
+(DeepSpeed's loss scale) in float32 and rounds once to the model's dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .dense import _budget_rows, _chunk, _compute_dtype, _Workspace, distillm2_parts, kd_spec
+
+
+def _rows(x: torch.Tensor, what: str) -> torch.Tensor:
+    """[N, H] or [1, N, H] rows as [N, H]."""
+    if x.dim() == 3 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() != 2:
+        raise ValueError(f"{what} must be rows [N, H] or [1, N, H], got shape {tuple(x.shape)}")
+    return x
+
+
+def _check_pair(student_hidden, student_head, teacher_hidden, teacher_head):
+    if student_hidden.shape[-1] != student_head.weight.shape[1]:
+        raise ValueError(f"student hidden size {student_hidden.shape[-1]} does not match its head "
+                         f"{tuple(student_head.weight.shape)}")
+    if teacher_hidden is None:
+        return
+    if teacher_hidden.shape[0] != student_hidden.shape[0]:
+        raise ValueError(f"teacher rows ({teacher_hidden.shape[0]}) and student rows ({student_hidden.shape[0]}) "
+                         "differ in number")
+    if teacher_head.vocab != student_head.vocab:
+        raise ValueError(f"teacher vocabulary ({teacher_head.vocab}) and student vocabulary ({student_head.vocab}) "
+                         "differ: use a teacher and student with the same tokenizer")
+
+
+def _head_logits_into(out, hidden, head):
+    """out [n, V] = softcap(scale · (hidden @ W[:V]ᵀ + b[:V])) in the head's dtype."""
+    V = head.vocab
+    torch.mm(hidden.to(head.weight.dtype), head.weight[:V].t(), out=out)
+    if head.bias is not None:
+        out.add_(head.bias[:V])
+    if head.scale != 1.0:
+        out.mul_(head.scale)
+    if head.softcap:
+        out.div_(head.softcap).tanh_().mul_(head.softcap)
+    return out
+
+
+class _Grads:
+    """The gradient of one fused pass with respect to the student's rows and head."""
+
+    def __init__(self, hidden, head, cdt, need_weight):
+        N, H = hidden.shape
+        self.head, self.cdt = head, cdt
+        self.half = head.weight.dtype in (torch.float16, torch.bfloat16)
+        self.hidden = torch.zeros((N, H), dtype=torch.promote_types(hidden.dtype, cdt), device=hidden.device)
+        self.weight = self.bias = None
+        if need_weight and head.weight.requires_grad:
+            self.weight = torch.zeros(head.weight.shape, dtype=cdt, device=hidden.device)  # [V', H]
+        if need_weight and head.bias is not None and head.bias.requires_grad:
+            self.bias = torch.zeros(head.bias.shape, dtype=cdt, device=hidden.device)  # [V']
+
+    def add_chunk(self, G, z, rows, hidden, ws):
+        """Push G = ∂L/∂z of rows [lo, hi) back through the head (module docstring)."""
+        head, V = self.head, self.head.vocab
+        if head.softcap:  # ∂z/∂u of the cap, from the capped logits themselves (z is free now)
+            G.mul_(z.div_(head.softcap).square_().neg_().add_(1.0))
+        if head.scale != 1.0:
+            G.mul_(head.scale)
+        lo, hi = rows
+        if self.weight is not None:
+            self.weight[:V].addmm_(G.t(), hidden.to(self.cdt))
+        if self.bias is not None:
+            self.bias[:V].add_(G.sum(0))
+        if self.half:  # G scaled by a power of two (exact) so fp16 keeps its tiny entries; G is spent after this
+            peak = float(G.abs().max())
+            factor = 2.0 ** -math.floor(math.log2(peak)) if peak > 0 else 1.0
+            Gh = ws("G_half", hi - lo, head.weight.dtype).copy_(G.mul_(factor))
+            self.hidden[lo:hi] = torch.mm(Gh, head.weight[:V]).to(self.hidden.dtype).div_(factor)
+        else:
+            torch.mm(G, head.weight[:V].to(G.dtype), out=self.hidden[lo:hi])
+
+
+def _head_pass(s_hidden, s_head, t_hidden, t_head, labels, parts, need_grad):
+    """One chunked pass over the rows. parts: [(lo, hi, _Spec | None)] covering 0..N in order;
+    a spec's tensor scale / alpha hold one value per row of its part.
+    Returns (objective, div_sum, ce_sum, _Grads | None)."""
+    N = s_hidden.shape[0]
+    V = s_head.vocab
+    device = s_hidden.device
+    cdt = _compute_dtype(s_hidden, s_head.weight, t_hidden, None if t_head is None else t_head.weight)
+    specs = [spec for _, _, spec in parts if spec is not None]
+    step = max(1, min([int(spec.chunk_size) for spec in specs] + [_budget_rows(V, cdt, device)]))
+    ws = _Workspace(min(step, max(N, 1)), V, cdt, device)
+    grads = _Grads(s_hidden, s_head, cdt, need_weight=True) if need_grad else None
+    totals = [torch.zeros((), dtype=cdt, device=device) for _ in range(3)]  # objective, div_sum, ce_sum
+    for lo, hi, spec in parts:
+        if spec is None:
+            continue
+        for a in range(lo, hi, step):
+            b = min(hi, a + step)
+            w, alpha = (x[a - lo:b - lo].unsqueeze(1) if torch.is_tensor(x) else x for x in (spec.scale, spec.alpha))
+            z = _head_logits_into(ws("z_s", b - a, s_head.weight.dtype), s_hidden[a:b], s_head)  # [n, V]
+            z_t = None
+            if spec.name is not None:
+                z_t = _head_logits_into(ws("z_t", b - a, t_head.weight.dtype), t_hidden[a:b], t_head)  # [n, V]
+            y = labels[a:b] if spec.with_ce else None
+            div, ce, G = _chunk(z, z_t, y, w, alpha, spec, spec.w_ce, need_grad, ws, None)
+            if div is not None:
+                totals[1] += div.sum()
+                totals[0] += (div * w.squeeze(1)).sum() if torch.is_tensor(w) else div.sum() * w
+            if ce is not None:
+                totals[2] += ce.sum()
+                if spec.w_ce:
+                    totals[0] += ce.sum() * spec.w_ce
+            if need_grad:
+                grads.add_chunk(G, z, (a, b), s_hidden[a:b], ws)
+    return (*totals, grads)
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    """forward(student_hidden [N, H], weight [V', H], bias [V'] | None, plan) -> (objective, div_sum, ce_sum).
+
+    plan = (student OutputHead, teacher hidden | None, teacher OutputHead | None, labels, parts).
+    The gradients of the hidden rows, the head weight and bias are formed in the forward
+    and kept for backward; only the objective is differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, plan):
+        head, t_hidden, t_head, labels, parts = plan
+        objective, div_sum, ce_sum, grads = _head_pass(hidden, head, t_hidden, t_head, labels, parts, True)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grads.hidden, grads.weight,
+                                                                               grads.bias)))
+        ctx.present = (True, grads.weight is not None, grads.bias is not None)
+        ctx.mark_non_differentiable(div_sum, ce_sum)
+        return objective, div_sum, ce_sum
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_objective, _grad_div, _grad_ce):
+        out = []
+        for grad, present, dtype in zip(ctx.saved_tensors, ctx.present, ctx.dtypes):
+            if not present:
+                out.append(None)
+                continue
+            if not (grad_objective.numel() == 1 and bool(grad_objective == 1)):
+                grad = grad * grad_objective.to(grad.dtype)  # the incoming gradient (loss scale) in float32
+            out.append(grad if grad.dtype == dtype else grad.to(dtype))
+        return (*out, None)
+
+
+def _run(hidden, head, t_hidden, t_head, labels, parts):
+    if torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad):
+        return _FusedHeadLoss.apply(hidden, head.weight, head.bias, (head, t_hidden, t_head, labels, parts))
+    objective, div_sum, ce_sum, _ = _head_pass(hidden, head, t_hidden, t_head, labels, parts, need_grad=False)
+    return objective, div_sum, ce_sum
+
+
+def kd_objective_head(student_hidden, student_head, teacher_hidden, teacher_head, labels, *, loss: str,
+                      kd_ratio=1.0, alpha=0.1, beta=0.5, temperature=1.0, detach_mixture=False, normalizer=None,
+                      chunk_size=1024):
+    """``dense.kd_objective`` with both output heads fused in (module docstring).
+
+    student_hidden: [N, H] (or [1, N, H]) last hidden states of the response rows; teacher_hidden:
+    [N, H'] (None when kd_ratio == 0: pure SFT); heads: ``models.head.OutputHead``; labels: [N]
+    token ids of the rows (−100 rows count for nothing). Same value, gradient and stats as
+    ``kd_objective`` on the logits the heads would make, without those logits.
+    """
+    hidden = _rows(student_hidden, "student_hidden")
+    t_hidden = None if teacher_hidden is None else _rows(teacher_hidden, "teacher_hidden")
+    if t_hidden is None and float(kd_ratio) > 0:
+        raise ValueError("teacher rows are required when kd_ratio > 0: pass the teacher or set kd_ratio=0 (SFT)")
+    _check_pair(hidden, student_head, t_hidden, teacher_head)
+    labels = labels.reshape(-1).to(hidden.device)
+    if labels.numel() != hidden.shape[0]:
+        raise ValueError(f"labels ({labels.numel()}) and hidden rows ({hidden.shape[0]}) differ in number")
+    kept = labels != -100
+    if not bool(kept.all()):  # rows without a label count for nothing: drop them
+        hidden, labels = hidden[kept], labels[kept]
+        t_hidden = None if t_hidden is None else t_hidden[kept]
+    spec = kd_spec(loss=loss, kd_ratio=kd_ratio, alpha=alpha, beta=beta, temperature=temperature,
+                   detach_mixture=detach_mixture, normalizer=normalizer, chunk_size=chunk_size,
+                   any_kept=labels.numel() > 0)
+    if spec.mean:  # per kept row
+        inv = 1.0 / labels.numel() if labels.numel() else 0.0
+        spec.scale, spec.w_ce, spec.mean = spec.scale * inv, spec.w_ce * inv, False
+    objective, div_sum, ce_sum = _run(hidden, student_head, t_hidden, teacher_head, labels,
+                                      [(0, hidden.shape[0], spec)])
+    return objective, {"kd_sum": float(div_sum), "ce_sum": float(ce_sum), "tokens": float(labels.numel())}
+
+
+def distillm2_head(student_hidden, student_head, teacher_hidden, teacher_head, sample, pairs, *, alpha_t=0.1,
+                   alpha_s=0.1, beta=0.5, temperature=1.0, chunk_size=1024):
+    """``dense.distillm2_rows`` (DistiLLM-2's contrastive loss on the rows of a pair batch) with
+    both output heads fused in: hidden rows [N, H] / [N, H'] in place of logit rows."""
+    hidden, t_hidden = _rows(student_hidden, "student_hidden"), _rows(teacher_hidden, "teacher_hidden")
+    _check_pair(hidden, student_head, t_hidden, teacher_head)
+    cdt = _compute_dtype(hidden, student_head.weight, t_hidden, teacher_head.weight)
+    parts = distillm2_parts(sample, pairs, hidden.shape[0], alpha_t=alpha_t, alpha_s=alpha_s, beta=beta,
+                            temperature=temperature, chunk_size=chunk_size, cdt=cdt, device=hidden.device)
+    objective, _, _ = _run(hidden, student_head, t_hidden, teacher_head, None, parts)
+    return objective
+
+
+@torch.no_grad()
+def head_label_logprobs(hidden, head, labels, *, chunk_size=1024):
+    """log softmax(z)[label] of each row, z from the head (``dense.label_logprobs`` without the logits).
+    hidden: [N, H] or [1, N, H]; labels: [N] or [1, N]. Returns [N] (float32, float64 for float64)."""
+    rows, y = _rows(hidden, "hidden"), labels.reshape(-1).to(hidden.device)
+    if y.numel() != rows.shape[0]:
+        raise ValueError(f"labels ({y.numel()}) and hidden rows ({rows.shape[0]}) differ in number")
+    cdt = _compute_dtype(rows, head.weight)
+    out = torch.empty(rows.shape[0], dtype=cdt, device=rows.device)
+    step = max(1, min(int(chunk_size), _budget_rows(head.vocab, cdt, rows.device)))
+    ws = _Workspace(min(step, max(rows.shape[0], 1)), head.vocab, cdt, rows.device)
+    for lo in range(0, rows.shape[0], step):
+        hi = min(rows.shape[0], lo + step)
+        z = _head_logits_into(ws("z", hi - lo, head.weight.dtype), rows[lo:hi], head).to(cdt)  # [n, V]
+        out[lo:hi] = z.gather(1, y[lo:hi, None]).squeeze(1) - torch.logsumexp(z, dim=-1)
+    return out
