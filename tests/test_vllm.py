@@ -172,3 +172,36 @@ def test_generate_student_writes_the_same_greedy_answers_with_either_backend(tmp
         line["sampling"].pop("backend")
     assert outputs["vllm"] == outputs["hf"]
     assert len(outputs["hf"]) == 12
+
+
+def test_on_policy_distill_samples_every_step_through_vllm(tmp_path):
+    run_dir = tmp_path / "on_policy"
+    result = run_cli("distill", "off_policy=on_policy", "off_policy.lmbda=1.0", "generation.backend=vllm",
+                     "train.max_steps=3", "train.micro_batch_size=4", "generation.max_new_tokens=8",
+                     f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read(run_dir / "metrics.jsonl")
+    assert [m["data_source"] for m in metrics] == ["fresh"] * 3
+
+
+def test_evaluate_scores_the_same_greedy_answers_with_either_backend(tmp_path):
+    outputs = {}
+    for backend in ("hf", "vllm"):
+        result = run_cli("evaluate", "eval.max_examples=8", "eval.sampling.max_new_tokens=16",
+                         f"eval.sampling.backend={backend}", f"run_dir={tmp_path / backend}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[backend] = read(tmp_path / backend / "predictions.jsonl")
+    assert outputs["vllm"] == outputs["hf"] and len(outputs["hf"]) == 8
+
+
+def test_distillm2_pipeline_with_vllm_for_pairs_regeneration_and_evaluation(tmp_path):
+    run_dir = tmp_path / "d2"
+    result = run_cli("pipeline", "experiment=distillm2", "loss.regenerate=both", "train.max_steps=4",
+                     "train.micro_batch_size=4", "eval.max_examples=8", "generate.max_prompts=8",
+                     "generation.max_new_tokens=12", "eval.sampling.max_new_tokens=12", "generation.backend=vllm",
+                     "eval.sampling.backend=vllm", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    pair = read(run_dir / "generate" / "generations.jsonl")[0]
+    assert {"prompt", "teacher_response", "student_response"} <= set(pair) and pair["sampling"]["backend"] == "vllm"
+    assert set(json.loads((run_dir / "evaluate" / "summary.json").read_text())["models"]) == {
+        "teacher", "sft_student", "distilled"}
