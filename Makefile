@@ -93,11 +93,11 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.lock
 	touch $(BENCH_STAMP)
 
 # Short settings: about 10 minutes on 2 CPU cores.
-bench: bench-install
+bench: bench-install vllm-install
 	$(BIN)/python scripts/bench.py --quick
 
 # The settings the README's numbers come from (run on a quiet machine).
-bench-full: bench-install
+bench-full: bench-install vllm-install smollm2-install
 	$(BIN)/python scripts/bench.py
 
 # GPU check (issue 17): on a machine with one or more GPUs, the CUDA path end to end within

@@ -8,10 +8,12 @@ Runs, each as its own subprocess (their output streams through):
 * scripts/bench_contrastive.py  DistiLLM-2's contrastive step vs a skew_rkl step over the same response tokens:
                               peak memory (vocab 50257; bench-full adds 151936)
 * scripts/bench_offpolicy.py  adaptive off-policy vs on-policy student samples: wall-time speed-up
+* scripts/bench_generation.py  generation.backend=vllm vs hf: generation tokens/s, on-policy distill wall time
 
 then writes ``<out-dir>/results.json``: the headline numbers (``vs_trl.throughput_ratio``,
 ``vs_trl.peak_memory_ratio``, ``step_overhead_ratio``, ``loss_memory_ratio``,
-``contrastive_memory_ratio``, ``offpolicy_speedup``, ``device``, and ``mfu`` on CUDA), each benchmark's full result, the
+``contrastive_memory_ratio``, ``offpolicy_speedup``, ``generation_tok_s_ratio``,
+``generation_on_policy_speedup``, ``device``, and ``mfu`` on CUDA), each benchmark's full result, the
 exact commands and their wall times. Profiles:
 
 * ``--quick`` (``make bench``): short settings, about 10 minutes on 2 CPU cores;
@@ -24,7 +26,7 @@ On CUDA (``torch.cuda.is_available()``) the model benchmarks run in bf16 and the
 benchmark adds model FLOPs utilisation; on CPU that is skipped.
 
     .venv/bin/python scripts/bench.py [--quick | --smoke] [--threads 2]
-                                      [--only vs_trl step loss contrastive offpolicy]
+                                      [--only vs_trl step loss contrastive offpolicy generation]
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
-NAMES = ("vs_trl", "step", "loss", "contrastive", "offpolicy")
+NAMES = ("vs_trl", "step", "loss", "contrastive", "offpolicy", "generation")
 
 
 def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
@@ -47,12 +49,14 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
     py = [sys.executable]
     extra = {
         "quick": {"vs_trl": ["--quick"], "step": ["--quick"], "loss": ["--quick"], "contrastive": ["--quick"],
-                  "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"]},
-        "full": {"vs_trl": [], "step": [], "loss": [], "contrastive": [], "offpolicy": []},
+                  "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"],
+                  "generation": ["--steps", "30", "--sft-steps", "100", "--repeats", "1"]},
+        "full": {"vs_trl": [], "step": [], "loss": [], "contrastive": [], "offpolicy": [], "generation": ["--smollm2"]},
         "smoke": {"vs_trl": ["--steps", "1", "--repeats", "1"], "step": ["--repeats", "1"],
                   "loss": ["--quick", "--positions", "256", "--losses", "fkl", "--repeats", "1"],
                   "contrastive": ["--vocab", "5000", "--pairs", "2", "--seq", "64"],
-                  "offpolicy": ["--steps", "2", "--sft-steps", "4", "--eval-examples", "4"]},
+                  "offpolicy": ["--steps", "2", "--sft-steps", "4", "--eval-examples", "4"],
+                  "generation": ["--steps", "2", "--sft-steps", "4", "--prompts", "4", "--repeats", "1"]},
     }[profile]
     threads_flag = ["--threads", str(threads)]
     return {
@@ -64,6 +68,8 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
         # The off-policy benchmark caches its SFT teacher/student in --work: one folder per profile.
         "offpolicy": [*py, "scripts/bench_offpolicy.py", *extra["offpolicy"], "--work",
                       f"{rel}/offpolicy_runs_{profile}", "--out", f"{rel}/offpolicy.json"],
+        "generation": [*py, "scripts/bench_generation.py", *extra["generation"], *threads_flag, "--work",
+                       f"{rel}/generation_runs_{profile}", "--out", f"{rel}/generation.json"],
     }
 
 
@@ -118,7 +124,7 @@ def _get(record: dict, *keys):
 
 
 def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
-    vs_trl, step, loss, contrastive, offpolicy = (runs.get(n, {}) for n in NAMES)
+    vs_trl, step, loss, contrastive, offpolicy, generation = (runs.get(n, {}) for n in NAMES)
     results = {
         "device": device_name(threads),
         "profile": profile,
@@ -137,6 +143,9 @@ def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
         "loss_time_ratio": _get(loss, "loss_time_ratio"),
         "contrastive_memory_ratio": _get(contrastive, "contrastive_memory_ratio"),
         "offpolicy_speedup": _get(offpolicy, "offpolicy_speedup"),
+        "generation_tok_s_ratio": _get(generation, "tiny_tok_s_ratio"),
+        "generation_smollm2_tok_s_ratio": _get(generation, "smollm2_tok_s_ratio"),
+        "generation_on_policy_speedup": _get(generation, "on_policy_speedup"),
     }
     if _get(step, "mfu") is not None:
         results["mfu"] = _get(step, "mfu")
@@ -170,6 +179,11 @@ def print_table(results: dict) -> None:
         ("distillm2 step / skew_rkl step: peak memory", _fmt(results.get("contrastive_memory_ratio")),
          "x, same response tokens, target <= 1.25"),
         ("adaptive off-policy speed-up", _fmt(results["offpolicy_speedup"]), "x vs on-policy, higher is better"),
+        ("vLLM / hf generation tokens/s, tiny student", _fmt(results.get("generation_tok_s_ratio")),
+         "x, higher is better"),
+        ("  same, SmolLM2-135M", _fmt(results.get("generation_smollm2_tok_s_ratio")), "x (bench-full)"),
+        ("on-policy distill wall time, hf / vLLM", _fmt(results.get("generation_on_policy_speedup")),
+         "x, target >= 2"),
     ]
     if "mfu" in results:
         rows.append(("MFU, full distill step", _fmt(100 * results["mfu"], ".1f") if results["mfu"] else "-",

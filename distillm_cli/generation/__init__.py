@@ -58,12 +58,14 @@ def make_generator(model, gen_cfg, tokenizer, *, max_length: int, sharded: bool 
 
         return ServedGenerator(None if callable(model) and not isinstance(model, torch.nn.Module) else model,
                                gen_cfg, tokenizer, max_length=max_length)
+    if gen_cfg.backend == "vllm":
+        from .vllm import VLLMGenerator, import_vllm
+
+        import_vllm()  # not installed: one line, before any model is loaded
     if callable(model) and not isinstance(model, torch.nn.Module):
         model = model()
     if gen_cfg.backend == "hf":
         return HFGenerator(model, gen_cfg, tokenizer, max_length=max_length, sharded=sharded)
     if gen_cfg.backend == "vllm":
-        from .vllm import VLLMGenerator
-
         return VLLMGenerator(model, gen_cfg, tokenizer, max_length=max_length, sharded=sharded)
     raise UserError(f"unknown generation backend '{gen_cfg.backend}'; choose generation.backend=hf, vllm or openai")

@@ -40,6 +40,12 @@ def import_vllm():
     """The vllm module, in-process engine mode; a missing install is one clear line."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU
+    if not torch.cuda.is_available() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        # vLLM's CPU worker pins this process's OpenMP threads. Its "auto" keeps a core back for
+        # an engine process this in-process engine does not have (on 2 cores: 1 thread for
+        # everything, training included); pin the threads this process was given instead.
+        cpus = sorted(os.sched_getaffinity(0))[: max(1, torch.get_num_threads())]
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus)
     try:
         import vllm
     except ImportError as error:
@@ -99,9 +105,11 @@ class VLLMGenerator(HFGenerator):
     """
 
     def __init__(self, model, gen_cfg, tokenizer, *, max_length: int, sharded: bool = False):
-        if sharded:
-            raise UserError("generation.backend=vllm runs in one process; a model sharded over several ranks "
-                            "(ZeRO-3, world size > 1) samples with generation.backend=hf")
+        several = torch.distributed.is_available() and torch.distributed.is_initialized() and \
+            torch.distributed.get_world_size() > 1
+        if sharded or several:
+            raise UserError("generation.backend=vllm runs in a single process (vLLM batches all prompts itself); "
+                            "with several processes use generation.backend=hf")
         if gen_cfg.no_repeat_ngram_size:
             raise UserError("generation.no_repeat_ngram_size is not supported by generation.backend=vllm; "
                             "set it to 0 or use generation.backend=hf")
