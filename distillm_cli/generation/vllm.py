@@ -40,12 +40,6 @@ def import_vllm():
     """The vllm module, in-process engine mode; a missing install is one clear line."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU
-    if not torch.cuda.is_available() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-        # vLLM's CPU worker pins this process's OpenMP threads. Its "auto" keeps a core back for
-        # an engine process this in-process engine does not have (on 2 cores: 1 thread for
-        # everything, training included); pin the threads this process was given instead.
-        cpus = sorted(os.sched_getaffinity(0))[: max(1, torch.get_num_threads())]
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus)
     try:
         import vllm
     except ImportError as error:
@@ -54,9 +48,12 @@ def import_vllm():
 
 
 def current_weights(model) -> dict[str, torch.Tensor]:
-    """The full plain state dict of `model` (LoRA merged, ZeRO-3 gathered), on every rank."""
-    from ..train.saving import plain_state_dict
+    """The full plain state dict of `model`: a plain model's own tensors where they are (no copy);
+    a LoRA model's merged weights and a ZeRO-3 model's gathered ones through train/saving.py."""
+    from ..train.saving import plain_state_dict, save_target
 
+    if save_target(model) is model and not any(hasattr(p, "ds_id") for p in model.parameters()):
+        return {name: tensor.detach() for name, tensor in model.state_dict().items()}
     return plain_state_dict(model, main=True)
 
 
