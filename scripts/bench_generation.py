@@ -17,7 +17,7 @@ Two measurements, each with both backends in the same run:
   backend, the whole command timed (process start, loading, the vLLM engine's start,
   training, saving).
 
-    .venv/bin/python scripts/bench_generation.py [--steps 40] [--prompts 64] [--max-new-tokens 64]
+    .venv/bin/python scripts/bench_generation.py [--steps 100] [--prompts 64] [--max-new-tokens 64]
         [--smollm2] [--work bench/generation_runs] [--out bench/generation.json]
 """
 from __future__ import annotations
@@ -164,7 +164,7 @@ def on_policy_wall_time(teacher: Path, student: Path, work: Path, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40, help="on-policy distill steps per backend")
+    parser.add_argument("--steps", type=int, default=100, help="on-policy distill steps per backend")
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--sft-steps", type=int, default=200, help="steps of teacher and student SFT")
     parser.add_argument("--prompts", type=int, default=64)
