@@ -204,3 +204,12 @@ def test_vllm_serve_answers_like_the_local_teacher_and_a_rerun_continues(vllm_se
     answers = [{k: line[k] for k in keep} for line in read(out)]
     expected = [{k: line[k] for k in keep} for line in read(local_dir / "generations.jsonl")]
     assert answers == expected and len(answers) == 12
+
+
+def test_sampled_requests_to_vllm_serve_are_seeded(vllm_server):
+    url, _ = vllm_server
+    tokenizer, generator = served(url, do_sample=True, temperature=1.0, max_new_tokens=16)
+    prompts = encode(tokenizer, "Reverse: a b c d", "Count the words in x y z", "Uppercase: ab cd")
+    first = generator.generate(prompts, seed=3)
+    assert generator.generate(prompts, seed=3) == first
+    assert generator.generate(prompts, seed=4) != first
