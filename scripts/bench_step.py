@@ -144,16 +144,18 @@ def main(argv=None) -> int:
         F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100).backward()
 
     # The same two parts with the output head on the response positions only, as distillm's own
-    # step does (engine.response_logits): the strict limit, in which skipping prompt logits is no gain.
+    # step does (models/head.py): the strict limit, in which skipping prompt logits is no gain.
     keep = labels != -100
+
+    def response_rows(model):  # the body, then the head on the kept rows only: [N, V]
+        return model.lm_head(model.transformer(input_ids=ids, attention_mask=mask)[0][keep])
 
     def teacher_forward_response():
         with torch.no_grad():
-            return plain_teacher(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits  # [N, V]
+            return response_rows(plain_teacher)
 
     def student_forward_backward_response() -> None:
-        logits = plain_student(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits  # [N, V]
-        F.cross_entropy(logits, labels[keep]).backward()
+        F.cross_entropy(response_rows(plain_student), labels[keep]).backward()
 
     def optimizer_step() -> None:
         optimizer.step()
