@@ -84,6 +84,20 @@ def _head_logits_into(out, hidden, head):
     return out
 
 
+def _rows_logits(ws, logp_key, logits_key, hidden, head, cdt, inv_t, keep_logits):
+    """(logits, None) in a work array of the head's dtype, or (None, log_softmax(logits / T)) formed in
+    place in the compute-dtype array ``logp_key`` when the logits are needed no further (one [n, V]
+    array less per model). log_softmax with out= its own input is exact: each row is reduced
+    before any entry of it is written."""
+    n = hidden.shape[0]
+    if keep_logits or head.weight.dtype != cdt:
+        return _head_logits_into(ws(logits_key, n, head.weight.dtype), hidden, head), None
+    x = _head_logits_into(ws(logp_key, n), hidden, head)  # [n, V]
+    if inv_t != 1.0:
+        x.mul_(inv_t)
+    return None, torch.log_softmax(x, dim=-1, out=x)
+
+
 class _Grads:
     """The gradient of one fused pass with respect to the student's rows and head."""
 
@@ -138,12 +152,15 @@ def _head_pass(s_hidden, s_head, t_hidden, t_head, labels, parts, need_grad):
         for a in range(lo, hi, step):
             b = min(hi, a + step)
             w, alpha = (x[a - lo:b - lo].unsqueeze(1) if torch.is_tensor(x) else x for x in (spec.scale, spec.alpha))
-            z = _head_logits_into(ws("z_s", b - a, s_head.weight.dtype), s_hidden[a:b], s_head)  # [n, V]
-            z_t = None
+            # Logits straight into the log-probability arrays where nothing reads them afterwards.
+            inv_t = 1.0 / spec.temperature
+            z, logq = _rows_logits(ws, "A", "z_s", s_hidden[a:b], s_head, cdt, inv_t,
+                                   keep_logits=bool(s_head.softcap) or (spec.with_ce and inv_t != 1.0))
+            z_t = logp = None
             if spec.name is not None:
-                z_t = _head_logits_into(ws("z_t", b - a, t_head.weight.dtype), t_hidden[a:b], t_head)  # [n, V]
+                z_t, logp = _rows_logits(ws, "B", "z_t", t_hidden[a:b], t_head, cdt, inv_t, keep_logits=False)
             y = labels[a:b] if spec.with_ce else None
-            div, ce, G = _chunk(z, z_t, y, w, alpha, spec, spec.w_ce, need_grad, ws, None)
+            div, ce, G = _chunk(z, z_t, y, w, alpha, spec, spec.w_ce, need_grad, ws, None, logq=logq, logp=logp)
             if div is not None:
                 totals[1] += div.sum()
                 totals[0] += (div * w.squeeze(1)).sum() if torch.is_tensor(w) else div.sum() * w
