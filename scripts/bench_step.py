@@ -21,7 +21,8 @@ distillm's step runs the output head on the response positions only (96 of 128 h
 a plain trainer does not. So there are two ratios: ``step_overhead_ratio`` against the parts
 as a plain trainer runs them (logits at every position), and the stricter
 ``step_overhead_ratio_response_only`` against the same parts with the head on the response
-positions too (``logits_to_keep``), where only the divergence and the glue are left.
+positions too (the body's hidden states cut to those rows, then the head), where only the divergence
+and the glue are left.
 
 ``step_overhead_ratio = full / (teacher + student + optimizer)``: 1.0 would mean the
 distillation costs nothing beyond a teacher forward and a plain CE training step, so
