@@ -5,6 +5,8 @@ Runs, each as its own subprocess (their output streams through):
 * scripts/bench_vs_trl.py     distillm vs TRL's GKDTrainer on the same job: throughput and peak memory ratios
 * scripts/bench_step.py       one distill step over the sum of its unavoidable parts (and MFU on CUDA)
 * scripts/bench_loss.py       the fused chunked losses vs a full-vocabulary implementation: memory and time
+* scripts/bench_head.py       the loss with the output heads fused in vs the heads' logit rows + loss: memory
+                              at N and 2N positions, time
 * scripts/bench_contrastive.py  DistiLLM-2's contrastive step vs a skew_rkl step over the same response tokens:
                               peak memory (vocab 50257; bench-full adds 151936)
 * scripts/bench_offpolicy.py  adaptive off-policy vs on-policy student samples: wall-time speed-up
@@ -26,7 +28,7 @@ On CUDA (``torch.cuda.is_available()``) the model benchmarks run in bf16 and the
 benchmark adds model FLOPs utilisation; on CPU that is skipped.
 
     .venv/bin/python scripts/bench.py [--quick | --smoke] [--threads 2]
-                                      [--only vs_trl step loss contrastive offpolicy generation]
+                                      [--only vs_trl step loss head contrastive offpolicy generation]
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
-NAMES = ("vs_trl", "step", "loss", "contrastive", "offpolicy", "generation")
+NAMES = ("vs_trl", "step", "loss", "head", "contrastive", "offpolicy", "generation")
 
 
 def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
@@ -48,12 +50,15 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
     rel = os.path.relpath(out_dir, ROOT)
     py = [sys.executable]
     extra = {
-        "quick": {"vs_trl": ["--quick"], "step": ["--quick"], "loss": ["--quick"], "contrastive": ["--quick"],
+        "quick": {"vs_trl": ["--quick"], "step": ["--quick"], "loss": ["--quick"], "head": ["--quick"],
+                  "contrastive": ["--quick"],
                   "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"],
                   "generation": ["--steps", "30", "--sft-steps", "100", "--repeats", "1"]},
-        "full": {"vs_trl": [], "step": [], "loss": [], "contrastive": [], "offpolicy": [], "generation": ["--smollm2"]},
+        "full": {"vs_trl": [], "step": [], "loss": [], "head": [], "contrastive": [], "offpolicy": [],
+                 "generation": ["--smollm2"]},
         "smoke": {"vs_trl": ["--steps", "1", "--repeats", "1"], "step": ["--repeats", "1"],
                   "loss": ["--quick", "--positions", "256", "--losses", "fkl", "--repeats", "1"],
+                  "head": ["--positions", "128", "--vocab", "5000", "--hidden", "64", "--repeats", "1"],
                   "contrastive": ["--vocab", "5000", "--pairs", "2", "--seq", "64"],
                   "offpolicy": ["--steps", "2", "--sft-steps", "4", "--eval-examples", "4"],
                   "generation": ["--steps", "2", "--sft-steps", "4", "--prompts", "4", "--repeats", "1"]},
@@ -63,6 +68,7 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
         "vs_trl": [*py, "scripts/bench_vs_trl.py", *extra["vs_trl"], *threads_flag, "--out", f"{rel}/vs_trl.json"],
         "step": [*py, "scripts/bench_step.py", *extra["step"], *threads_flag, "--out", f"{rel}/step.json"],
         "loss": [*py, "scripts/bench_loss.py", *extra["loss"], *threads_flag, "--out", f"{rel}/loss.json"],
+        "head": [*py, "scripts/bench_head.py", *extra["head"], *threads_flag, "--out", f"{rel}/head.json"],
         "contrastive": [*py, "scripts/bench_contrastive.py", *extra["contrastive"], *threads_flag, "--out",
                         f"{rel}/contrastive.json"],
         # The off-policy benchmark caches its SFT teacher/student in --work: one folder per profile.
@@ -124,7 +130,7 @@ def _get(record: dict, *keys):
 
 
 def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
-    vs_trl, step, loss, contrastive, offpolicy, generation = (runs.get(n, {}) for n in NAMES)
+    vs_trl, step, loss, head, contrastive, offpolicy, generation = (runs.get(n, {}) for n in NAMES)
     results = {
         "device": device_name(threads),
         "profile": profile,
@@ -135,12 +141,18 @@ def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
             "throughput_ratio_same_malloc": _get(vs_trl, "throughput_ratio_same_malloc"),
             "peak_memory_ratio_same_malloc": _get(vs_trl, "peak_memory_ratio_same_malloc"),
             "cpu_time_ratio": _get(vs_trl, "cpu_time_ratio"),
+            "throughput_ratio_without_fused_head": _get(vs_trl, "throughput_ratio_rows"),
+            "peak_memory_ratio_without_fused_head": _get(vs_trl, "peak_memory_ratio_rows"),
+            "fused_vs_rows_step_time": _get(vs_trl, "fused_vs_rows_step_time"),
             "first_step_loss_rel_diff": _get(vs_trl, "loss_check", "first_step_rel_diff"),
         },
         "step_overhead_ratio": _get(step, "step_overhead_ratio"),
         "step_overhead_ratio_response_only": _get(step, "step_overhead_ratio_response_only"),
         "loss_memory_ratio": _get(loss, "loss_memory_ratio"),
         "loss_time_ratio": _get(loss, "loss_time_ratio"),
+        "fused_head_memory_2n_over_n": _get(head, "fused_growth_2n_over_n"),
+        "fused_head_over_rows_memory": _get(head, "fused_over_rows_memory"),
+        "fused_head_over_rows_time": _get(head, "fused_over_rows_time"),
         "contrastive_memory_ratio": _get(contrastive, "contrastive_memory_ratio"),
         "offpolicy_speedup": _get(offpolicy, "offpolicy_speedup"),
         "generation_tok_s_ratio": _get(generation, "tiny_tok_s_ratio"),
@@ -171,11 +183,17 @@ def print_table(results: dict) -> None:
         ("  same, TRL with distillm's malloc", f"{_fmt(vs['throughput_ratio_same_malloc'])} / "
          f"{_fmt(vs['peak_memory_ratio_same_malloc'])}", "throughput x / memory x"),
         ("  first-step loss vs TRL", _fmt(vs["first_step_loss_rel_diff"], ".1e"), "relative difference"),
+        ("  distillm step, fused head / head rows", _fmt(vs.get("fused_vs_rows_step_time")),
+         "x step time, target <= 1.05"),
         ("step / sum of unavoidable parts", _fmt(results["step_overhead_ratio"]), "x, 1.0 is the limit"),
         ("  same, parts with response-only head", _fmt(results.get("step_overhead_ratio_response_only")),
          "x, strict: divergence + glue"),
         ("fused loss / full: peak memory", _fmt(results["loss_memory_ratio"]), "x, worst loss, lower is better"),
         ("fused loss / full: time", _fmt(results["loss_time_ratio"]), "x, worst loss, lower is better"),
+        ("fused-head loss memory, N -> 2N positions", _fmt(results.get("fused_head_memory_2n_over_n")),
+         "x, target <= 1.10"),
+        ("fused-head loss / head rows + loss: memory, time", f"{_fmt(results.get('fused_head_over_rows_memory'))} / "
+         f"{_fmt(results.get('fused_head_over_rows_time'))}", "x at 2N"),
         ("distillm2 step / skew_rkl step: peak memory", _fmt(results.get("contrastive_memory_ratio")),
          "x, same response tokens, target <= 1.25"),
         ("adaptive off-policy speed-up", _fmt(results["offpolicy_speedup"]), "x vs on-policy, higher is better"),

@@ -142,7 +142,7 @@ def make_micro_loss(kind: str, cfg, teacher, engine, runtime, vocab: int):
             n = int(batch["pairs"])
             loss, _, _ = batch_pair_loss(engine, teacher, batch, runtime, vocab, alphas=lambda gap: alphas(gap, n),
                                          beta=loss_cfg.beta, temperature=loss_cfg.temperature,
-                                         chunk_size=loss_cfg.chunk_size)
+                                         chunk_size=loss_cfg.chunk_size, fused_head=loss_cfg.fused_head)
             return loss_cfg.scale * loss  # normalizer = n: this batch is the whole step
 
         return micro_loss

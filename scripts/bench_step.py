@@ -21,7 +21,8 @@ distillm's step runs the output head on the response positions only (96 of 128 h
 a plain trainer does not. So there are two ratios: ``step_overhead_ratio`` against the parts
 as a plain trainer runs them (logits at every position), and the stricter
 ``step_overhead_ratio_response_only`` against the same parts with the head on the response
-positions too (``logits_to_keep``), where only the divergence and the glue are left.
+positions too (the body's hidden states cut to those rows, then the head), where only the divergence
+and the glue are left.
 
 ``step_overhead_ratio = full / (teacher + student + optimizer)``: 1.0 would mean the
 distillation costs nothing beyond a teacher forward and a plain CE training step, so
@@ -144,16 +145,18 @@ def main(argv=None) -> int:
         F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100).backward()
 
     # The same two parts with the output head on the response positions only, as distillm's own
-    # step does (engine.response_logits): the strict limit, in which skipping prompt logits is no gain.
+    # step does (models/head.py): the strict limit, in which skipping prompt logits is no gain.
     keep = labels != -100
+
+    def response_rows(model):  # the body, then the head on the kept rows only: [N, V]
+        return model.lm_head(model.transformer(input_ids=ids, attention_mask=mask)[0][keep])
 
     def teacher_forward_response():
         with torch.no_grad():
-            return plain_teacher(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits  # [N, V]
+            return response_rows(plain_teacher)
 
     def student_forward_backward_response() -> None:
-        logits = plain_student(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits  # [N, V]
-        F.cross_entropy(logits, labels[keep]).backward()
+        F.cross_entropy(response_rows(plain_student), labels[keep]).backward()
 
     def optimizer_step() -> None:
         optimizer.step()

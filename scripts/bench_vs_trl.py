@@ -68,7 +68,9 @@ STUDENT = {"n_layer": 2, "n_embd": 64, "n_head": 2}
 BATCH, SEQ, COMPLETION = 8, 128, 96
 # The malloc settings engine.setup_runtime applies with mallopt, as environment variables.
 TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_TOP_PAD_": str(64 << 20)}
-KINDS = ("distillm", "trl", "trl_malloc")
+# distillm_rows: distillm with loss.fused_head=false (the heads make the [N, V] logit rows), the path before
+# the fused head, measured in the same run.
+KINDS = ("distillm", "distillm_rows", "trl", "trl_malloc")
 
 
 # ----------------------------------------------------------------------------- shared set-up
@@ -116,7 +118,7 @@ def distillm_batches(ids) -> list[dict]:
 
 
 def compose_distill_config(*, steps: int, lr: float, threads: int, cuda: bool, run_dir: str, loss: str = "fkl",
-                           batch: int = BATCH):
+                           batch: int = BATCH, fused_head: bool = True):
     """The distill stage's config, composed from the shipped Hydra configs (loss=fkl unless told)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
@@ -131,6 +133,7 @@ def compose_distill_config(*, steps: int, lr: float, threads: int, cuda: bool, r
         "train.weight_decay=0.0", "train.warmup_steps=0", "train.grad_clip=1.0", "train.eval_interval=0",
         "train.save_interval=0", f"threads={threads}", f"device={'cuda' if cuda else 'cpu'}",
         f"model.dtype={'bfloat16' if cuda else 'float32'}", f"run_dir={run_dir}", "overwrite=true",
+        f"loss.fused_head={str(fused_head).lower()}",
     ]
     with initialize_config_module(config_module="distillm_cli.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
@@ -201,7 +204,8 @@ def worker_distillm(args) -> dict:
     cuda = torch.cuda.is_available()
     total = args.steps + 2
     with tempfile.TemporaryDirectory(prefix="bench_vs_trl_") as tmp:
-        cfg = compose_distill_config(steps=total, lr=args.lr, threads=args.threads, cuda=cuda, run_dir=tmp)
+        cfg = compose_distill_config(steps=total, lr=args.lr, threads=args.threads, cuda=cuda, run_dir=tmp,
+                                     fused_head=not args.rows)
         runtime, teacher, engine, sums = setup_distillm(cfg, args.seed)
         batches = distillm_batches(make_token_ids(total, args.seed + 2))
         micro_loss = distill_micro_loss(cfg, teacher, engine, runtime)
@@ -309,9 +313,10 @@ def spawn(kind: str, args) -> dict:
     """One measured run in a fresh process; its result comes back through a JSON file."""
     with tempfile.TemporaryDirectory(prefix="bench_vs_trl_result_") as tmp:
         result_path = Path(tmp) / "result.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "distillm" if kind == "distillm" else "trl",
+        worker = "trl" if kind.startswith("trl") else "distillm"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker,
                "--result", str(result_path), "--steps", str(args.steps), "--threads", str(args.threads),
-               "--lr", str(args.lr), "--seed", str(args.seed)]
+               "--lr", str(args.lr), "--seed", str(args.seed), *(["--rows"] if kind == "distillm_rows" else [])]
         env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC}
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT),
                    DS_ACCELERATOR="cuda" if args.cuda else "cpu", TRL_EXPERIMENTAL_SILENCE="1",
@@ -388,6 +393,10 @@ def summarize(runs: list[dict], args) -> dict:
         "throughput_ratio_same_malloc": med["distillm"]["tokens_per_s"] / med["trl_malloc"]["tokens_per_s"],
         "peak_memory_ratio_same_malloc": med["distillm"][memory_key] / med["trl_malloc"][memory_key],
         "peak_memory_measure": memory_key,
+        # The fused head against the response-rows path it replaced (loss.fused_head=false), same run.
+        "throughput_ratio_rows": med["distillm_rows"]["tokens_per_s"] / med["trl"]["tokens_per_s"],
+        "peak_memory_ratio_rows": med["distillm_rows"][memory_key] / med["trl"][memory_key],
+        "fused_vs_rows_step_time": med["distillm"]["s_per_step"] / med["distillm_rows"]["s_per_step"],
         # Secondary: CPU seconds (all threads) per step; less sensitive to other load on the machine.
         "cpu_time_ratio": med["distillm"]["cpu_s_per_step"] / med["trl"]["cpu_s_per_step"],
         "cpu_time_ratio_same_malloc": med["distillm"]["cpu_s_per_step"] / med["trl_malloc"]["cpu_s_per_step"],
@@ -407,6 +416,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/vs_trl.json")
     parser.add_argument("--worker", choices=("distillm", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", action="store_true", help=argparse.SUPPRESS)  # worker: loss.fused_head=false
     args = parser.parse_args(argv)
     args.steps = args.steps or (3 if args.quick else 20)
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -444,6 +454,9 @@ def main(argv=None) -> int:
           f"peak memory x{result['peak_memory_ratio']:.2f}"
           f"; with TRL on the same malloc settings: throughput x{result['throughput_ratio_same_malloc']:.2f}, "
           f"peak memory x{result['peak_memory_ratio_same_malloc']:.2f}")
+    print(f"distillm without the fused head (loss.fused_head=false) / TRL: throughput "
+          f"x{result['throughput_ratio_rows']:.2f}, peak memory x{result['peak_memory_ratio_rows']:.2f}; "
+          f"fused / unfused step time x{result['fused_vs_rows_step_time']:.2f}")
     print(f"first-step loss: distillm {check['distillm_first_step_loss']:.8g}, TRL {check['trl_first_step_loss']:.8g}"
           f", relative difference {check['first_step_rel_diff']:.1e} "
           f"(all steps: max {check['max_rel_diff_all_steps']:.1e}); "

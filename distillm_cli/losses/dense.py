@@ -272,19 +272,21 @@ def _log_softmax_into(dst, x, inv_t, scratch):
     return torch.log_softmax(scratch, dim=-1, out=dst)
 
 
-def _chunk(s, t, labels, w, alpha, spec, w_ce, need_grad, ws, out):
+def _chunk(s, t, labels, w, alpha, spec, w_ce, need_grad, ws, out, logq=None, logp=None):
     """Loss terms and gradient of one chunk of kept rows.
 
     s: [n, V] student logit rows, t: [n, V] teacher rows (None for pure CE),
     labels: [n] (None without CE), w: float or [n, 1] divergence weight, alpha:
     float or [n, 1], out: [n, V] compute-dtype destination of the gradient or
-    None. Returns (div [n] | None, ce [n] | None, grad [n, V] | None) with
+    None. logq / logp: log_softmax(s / T) / log_softmax(t / T) already formed
+    (compute dtype, overwritable; s / t are then not read, except s for CE at
+    T ≠ 1). Returns (div [n] | None, ce [n] | None, grad [n, V] | None) with
     grad = ∂(Σ_r w_r div_r + w_ce CE_r)/∂s (out itself when given).
     """
-    n = s.shape[0]
+    n = (s if logq is None else logq).shape[0]
     inv_t = 1.0 / spec.temperature
     G = out if out is not None else ws("G", n)  # scratch, then the gradient   [n, V]
-    A = _log_softmax_into(ws("A", n), s, inv_t, scratch=G)  # log q   [n, V]
+    A = logq if logq is not None else _log_softmax_into(ws("A", n), s, inv_t, scratch=G)  # log q   [n, V]
     ce = q1 = None
     if spec.with_ce:
         lab = labels.unsqueeze(1)  # [n, 1]
@@ -297,7 +299,7 @@ def _chunk(s, t, labels, w, alpha, spec, w_ce, need_grad, ws, out):
                 q1 = L1.exp_()  # softmax(s)   [n, V]
     div = h = q = None
     if spec.name is not None:
-        B = _log_softmax_into(ws("B", n), t, inv_t, scratch=G)  # log p   [n, V]
+        B = logp if logp is not None else _log_softmax_into(ws("B", n), t, inv_t, scratch=G)  # log p   [n, V]
         la, l1a = _log_alphas(alpha)
         div, h, q = _DIVERGENCES[spec.name](A, B, G, ws, la, l1a, spec.beta, spec.detach, need_grad)
     elif need_grad:

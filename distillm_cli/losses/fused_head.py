@@ -84,6 +84,20 @@ def _head_logits_into(out, hidden, head):
     return out
 
 
+def _rows_logits(ws, logp_key, logits_key, hidden, head, cdt, inv_t, keep_logits):
+    """(logits, None) in a work array of the head's dtype, or (None, log_softmax(logits / T)) formed in
+    place in the compute-dtype array ``logp_key`` when the logits are needed no further (one [n, V]
+    array less per model). log_softmax with out= its own input is exact: each row is reduced
+    before any entry of it is written."""
+    n = hidden.shape[0]
+    if keep_logits or head.weight.dtype != cdt:
+        return _head_logits_into(ws(logits_key, n, head.weight.dtype), hidden, head), None
+    x = _head_logits_into(ws(logp_key, n), hidden, head)  # [n, V]
+    if inv_t != 1.0:
+        x.mul_(inv_t)
+    return None, torch.log_softmax(x, dim=-1, out=x)
+
+
 class _Grads:
     """The gradient of one fused pass with respect to the student's rows and head."""
 
@@ -138,12 +152,15 @@ def _head_pass(s_hidden, s_head, t_hidden, t_head, labels, parts, need_grad):
         for a in range(lo, hi, step):
             b = min(hi, a + step)
             w, alpha = (x[a - lo:b - lo].unsqueeze(1) if torch.is_tensor(x) else x for x in (spec.scale, spec.alpha))
-            z = _head_logits_into(ws("z_s", b - a, s_head.weight.dtype), s_hidden[a:b], s_head)  # [n, V]
-            z_t = None
+            # Logits straight into the log-probability arrays where nothing reads them afterwards.
+            inv_t = 1.0 / spec.temperature
+            z, logq = _rows_logits(ws, "A", "z_s", s_hidden[a:b], s_head, cdt, inv_t,
+                                   keep_logits=bool(s_head.softcap) or (spec.with_ce and inv_t != 1.0))
+            z_t = logp = None
             if spec.name is not None:
-                z_t = _head_logits_into(ws("z_t", b - a, t_head.weight.dtype), t_hidden[a:b], t_head)  # [n, V]
+                z_t, logp = _rows_logits(ws, "B", "z_t", t_hidden[a:b], t_head, cdt, inv_t, keep_logits=False)
             y = labels[a:b] if spec.with_ce else None
-            div, ce, G = _chunk(z, z_t, y, w, alpha, spec, spec.w_ce, need_grad, ws, None)
+            div, ce, G = _chunk(z, z_t, y, w, alpha, spec, spec.w_ce, need_grad, ws, None, logq=logq, logp=logp)
             if div is not None:
                 totals[1] += div.sum()
                 totals[0] += (div * w.squeeze(1)).sum() if torch.is_tensor(w) else div.sum() * w
@@ -157,27 +174,32 @@ def _head_pass(s_hidden, s_head, t_hidden, t_head, labels, parts, need_grad):
 
 
 class _FusedHeadLoss(torch.autograd.Function):
-    """forward(student_hidden [N, H], weight [V', H], bias [V'] | None, plan) -> (objective, div_sum, ce_sum).
+    """forward(student_hidden [N, H], weight [V', H] | None, bias [V'] | None, plan)
+    -> (objective, div_sum, ce_sum, weight_grad, bias_grad).
 
     plan = (student OutputHead, teacher hidden | None, teacher OutputHead | None, labels, parts).
-    The gradients of the hidden rows, the head weight and bias are formed in the forward
-    and kept for backward; only the objective is differentiable.
+    The gradients of the hidden rows, the head weight and bias are formed in the forward.
+    Only the objective is differentiable. weight / bias None (a sharded head, see ``_run``):
+    their gradients come out as the last two outputs instead (empty when not needed).
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, plan):
         head, t_hidden, t_head, labels, parts = plan
         objective, div_sum, ce_sum, grads = _head_pass(hidden, head, t_hidden, t_head, labels, parts, True)
-        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-        ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grads.hidden, grads.weight,
-                                                                               grads.bias)))
-        ctx.present = (True, grads.weight is not None, grads.bias is not None)
-        ctx.mark_non_differentiable(div_sum, ce_sum)
-        return objective, div_sum, ce_sum
+        empty = hidden.new_empty(0)
+        kept = [grads.hidden, grads.weight if weight is not None else None, grads.bias if bias is not None else None]
+        ctx.dtypes = (hidden.dtype, head.weight.dtype, None if head.bias is None else head.bias.dtype)
+        ctx.present = tuple(x is not None for x in kept)
+        ctx.save_for_backward(*(x if x is not None else empty for x in kept))
+        handed = [grads.weight if weight is None and grads.weight is not None else empty,
+                  grads.bias if bias is None and grads.bias is not None else empty]
+        ctx.mark_non_differentiable(div_sum, ce_sum, *handed)
+        return objective, div_sum, ce_sum, *handed
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_objective, _grad_div, _grad_ce):
+    def backward(ctx, grad_objective, *_non_differentiable):
         out = []
         for grad, present, dtype in zip(ctx.saved_tensors, ctx.present, ctx.dtypes):
             if not present:
@@ -189,10 +211,42 @@ class _FusedHeadLoss(torch.autograd.Function):
         return (*out, None)
 
 
+def _sharded(head) -> bool:
+    """A head whose weight ZeRO-3 partitions across ranks (gathered by the caller for the loss)."""
+    return hasattr(head.weight, "ds_id") and head.module is not None
+
+
+def _through_layer(head, grad_weight, grad_bias):
+    """A term whose gradient with respect to the head layer's parameters is (grad_weight, grad_bias)
+    and whose value is 0, formed through the layer itself: with E = [I_H; 0] ([H + 1, H]) and
+    C = [grad_weightᵀ; grad_bias − Σ_h grad_weightᵀ], ∂ Σ (layer(E) ⊙ C) / ∂W = Cᵀ E = grad_weight and
+    ∂/∂b = Σ_rows C = grad_bias. ZeRO-3 gathers the weight for this product and for its backward,
+    and reduces the gradient into the shards with its own hooks, as for any layer it runs; a
+    gradient handed to a sharded parameter any other way would meet an empty tensor."""
+    weight = head.module.weight
+    H = weight.shape[1]
+    rows = H + (grad_bias is not None)
+    E = torch.zeros((rows, H), dtype=weight.dtype, device=grad_weight.device)
+    E[:H].fill_diagonal_(1.0)
+    C = torch.empty((rows, grad_weight.shape[0]), dtype=grad_weight.dtype, device=grad_weight.device)  # [H(+1), V']
+    C[:H] = grad_weight.t()
+    if grad_bias is not None:
+        C[H] = grad_bias - grad_weight.sum(1)
+    term = (head.module(E).to(C.dtype) * C).sum()
+    return term - term.detach()
+
+
 def _run(hidden, head, t_hidden, t_head, labels, parts):
-    if torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad):
-        return _FusedHeadLoss.apply(hidden, head.weight, head.bias, (head, t_hidden, t_head, labels, parts))
-    objective, div_sum, ce_sum, _ = _head_pass(hidden, head, t_hidden, t_head, labels, parts, need_grad=False)
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)):
+        objective, div_sum, ce_sum, _ = _head_pass(hidden, head, t_hidden, t_head, labels, parts, need_grad=False)
+        return objective, div_sum, ce_sum
+    plan = (head, t_hidden, t_head, labels, parts)
+    if not _sharded(head):
+        objective, div_sum, ce_sum, _, _ = _FusedHeadLoss.apply(hidden, head.weight, head.bias, plan)
+        return objective, div_sum, ce_sum
+    objective, div_sum, ce_sum, grad_weight, grad_bias = _FusedHeadLoss.apply(hidden, None, None, plan)
+    if grad_weight.numel():
+        objective = objective + _through_layer(head, grad_weight, grad_bias if grad_bias.numel() else None)
     return objective, div_sum, ce_sum
 
 

@@ -47,11 +47,18 @@ class OutputHead:
     vocab: int
     scale: float = 1.0  # Cohere's logit_scale; 1 / Granite's logits_scaling
     softcap: float | None = None  # Gemma 2's final_logit_softcapping: c · tanh(z / c)
+    module: torch.nn.Module | None = None  # the model's own head layer, when there is one
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[..., H] hidden states -> [..., V] logits, differentiable."""
-        bias = None if self.bias is None else self.bias[:self.vocab]
-        z = torch.nn.functional.linear(hidden, self.weight[:self.vocab], bias)
+        """[..., H] hidden states -> [..., V] logits, differentiable.
+
+        Through the model's own head layer when known: ZeRO-3 then gathers its weight for the
+        product and again for the backward, as in the model's own forward."""
+        if self.module is not None:
+            z = self.module(hidden)[..., :self.vocab]
+        else:
+            bias = None if self.bias is None else self.bias[:self.vocab]
+            z = torch.nn.functional.linear(hidden, self.weight[:self.vocab], bias)
         return transform_logits(z, self.scale, self.softcap)
 
 
@@ -91,7 +98,7 @@ def output_head(model, vocab: int) -> OutputHead:
     if getattr(config, "logits_scaling", None):
         scale /= float(config.logits_scaling)
     softcap = getattr(config, "final_logit_softcapping", None)
-    return OutputHead(head.weight, head.bias, vocab, scale, float(softcap) if softcap else None)
+    return OutputHead(head.weight, head.bias, vocab, scale, float(softcap) if softcap else None, head)
 
 
 def is_partitioned(param: torch.Tensor) -> bool:
@@ -141,11 +148,21 @@ def response_rows(model, batch: dict, device: torch.device, reader: Callable):
     kwargs = {"logits_to_keep": 1} if _takes_logits_to_keep(lm) else {}
     handles = [body.register_forward_hook(keep_hidden), top.register_forward_hook(replace_output)]
     try:
-        return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                     **kwargs)
+        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                    **kwargs)
     finally:
         for handle in handles:
             handle.remove()
+    # DeepSpeed 0.19 hooks the outputs of an engine's forward to scale their gradient by grad_accum
+    # unless engine.backward has claimed the graph first; hand back copies, so the tensor given to
+    # engine.backward is formed after the forward, as a loss formed from an engine's logits is.
+    if isinstance(out, tuple):
+        return tuple(_after_forward(x) for x in out)
+    return _after_forward(out)
+
+
+def _after_forward(x):
+    return x.clone() if torch.is_tensor(x) and x.requires_grad else x
 
 
 def _takes_logits_to_keep(lm) -> bool:

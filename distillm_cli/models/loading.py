@@ -11,7 +11,7 @@ import torch
 from ..data.formats import IGNORE
 from ..errors import UserError
 from . import presets
-from .head import check_head, gathered, output_head, response_rows
+from .head import check_head, output_head, response_rows
 
 log = logging.getLogger("distillm")
 
@@ -165,6 +165,5 @@ def response_logits(model, batch: dict, device: torch.device, vocab: int) -> tup
         head = output_head(model, vocab)
     except UserError:  # an unknown transform after the head: the model's own logits, cut to the rows
         return forward_logits(model, batch, device, vocab)[keep].unsqueeze(0), labels[keep].unsqueeze(0)
-    with gathered(head):
-        logits = response_rows(model, batch, device, lambda hidden, _labels: head.logits(hidden))  # [N, V]
+    logits = response_rows(model, batch, device, lambda hidden, _labels: head.logits(hidden))  # [N, V]
     return logits.unsqueeze(0), labels[keep].unsqueeze(0)
