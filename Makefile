@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/distillm pipeline run_dir=runs/demo overwrite=true
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not vllm"
 
 # The evidence for the papers' claims on the embedded task (issue 19): losses at equal steps
 # beside SeqKD, an SFT control and a capacity reference; off-policy modes where phi moves;
@@ -79,7 +79,7 @@ $(VLLM_STAMP): $(STAMP) requirements-vllm.lock
 
 # Real vLLM generation on the tiny models (one engine per test module) and a real vLLM server.
 test-vllm: vllm-install
-	$(BIN)/python -m pytest -q tests/test_vllm.py tests/test_served.py
+	$(BIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_served.py
 
 # Benchmarks (issue 8): distillm vs TRL's GKDTrainer, step overhead vs its parts, fused losses,
 # off-policy speed-up -> bench/results.json and one table. TRL is a benchmark-only extra.

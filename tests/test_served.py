@@ -183,6 +183,7 @@ def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.vllm
 def test_vllm_serve_answers_like_the_local_teacher_and_a_rerun_continues(vllm_server, tmp_path):
     url, checkpoint = vllm_server
     common = ["generate-student", "generate=teacher", "generation=greedy", "generation.max_new_tokens=24",
@@ -206,6 +207,7 @@ def test_vllm_serve_answers_like_the_local_teacher_and_a_rerun_continues(vllm_se
     assert answers == expected and len(answers) == 12
 
 
+@pytest.mark.vllm
 def test_sampled_requests_to_vllm_serve_are_seeded(vllm_server):
     url, _ = vllm_server
     tokenizer, generator = served(url, do_sample=True, temperature=1.0, max_new_tokens=16)

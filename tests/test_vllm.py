@@ -24,6 +24,7 @@ from distillm_cli.models.tiny import build_char_tokenizer, build_tiny_model
 from .conftest import run_cli
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (make vllm-install)")
+pytestmark = pytest.mark.vllm  # make test-vllm runs these; make test leaves them out
 
 TEXTS = ("Reverse: a b", "Count the words in x y z", "hello", "Uppercase: one two three four", "ab")
 
