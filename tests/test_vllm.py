@@ -112,6 +112,9 @@ def runtime():
                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
             mp.setenv(key, value)
         yield setup_runtime(SimpleNamespace(device="cpu", threads=0))
+        from distillm_cli.generation.vllm import shutdown_engines
+
+        shutdown_engines()  # before the process group the engines joined goes
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

@@ -98,6 +98,14 @@ def engine_for(model, max_length: int, gpu_memory_utilization: float):
     return _ENGINES[key]
 
 
+def shutdown_engines() -> None:
+    """Stop every engine of this process now (vLLM otherwise does it at exit, when a process
+    group it shares may already be gone)."""
+    while _ENGINES:
+        _, llm = _ENGINES.popitem()
+        llm.llm_engine.engine_core.shutdown()
+
+
 class VLLMGenerator(HFGenerator):
     """`generate` through a vLLM engine that holds `model`'s current weights.
 
