@@ -36,6 +36,8 @@ on the same copies, in the same alternated rounds:
   - loss: ``kd_objective_head`` (the fused forward KL, both heads inside) on real hidden states
     of both models, forward + backward (its gradient into the student's rows and head weight);
     the forward alone under no_grad is reported beside it;
+    and the same loss unfused (loss.fused_head=false: both heads make the [N, V] rows, then
+    ``kd_objective``), forward + backward, to compare the two in the same rounds;
   - gradient clipping (``clip_grad_norm_`` at 1.0) and the optimizer step (AdamW);
   - engine overhead: the full step minus all of the above: DeepSpeed's forward/backward/step
     bookkeeping, the teacher seam, hooks, the finiteness check, the loss read-back.
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from distillm_cli.losses import kd_objective_head
+    from distillm_cli.losses import kd_objective, kd_objective_head
     from distillm_cli.models.head import output_head
     from distillm_cli.runtime import all_reduce_sum
     from distillm_cli.train.objectives import kd_params
@@ -222,6 +224,14 @@ def main(argv=None) -> int:
                                     **loss_params)
         loss.backward()
 
+    def loss_unfused_forward_backward() -> None:  # loss.fused_head=false: both heads make [N, V] rows first
+        rows = student_rows.detach().requires_grad_()
+        with torch.no_grad():
+            teacher_logits = teacher_head.logits(teacher_rows)  # [N, V]
+        loss, _ = kd_objective(student_head.logits(rows)[None], teacher_logits[None], row_labels[None],
+                               normalizer=tokens, **loss_params)
+        loss.backward()
+
     def grad_clip() -> None:
         torch.nn.utils.clip_grad_norm_(masters, cfg.train.grad_clip)
 
@@ -238,7 +248,8 @@ def main(argv=None) -> int:
              "student_forward_backward_ce_response": student_forward_backward_response,
              "teacher_body_forward": teacher_body_forward, "student_body_forward": student_body_forward,
              "student_body_forward_backward": student_body_forward_backward, "loss_forward": loss_forward,
-             "loss_forward_backward": loss_forward_backward, "grad_clip": grad_clip}
+             "loss_forward_backward": loss_forward_backward, "grad_clip": grad_clip,
+             "loss_unfused_forward_backward": loss_unfused_forward_backward}
 
     def timed(name: str) -> float:
         plain_student.zero_grad(set_to_none=True)  # fresh gradients each pass, as after engine.step()
@@ -275,6 +286,7 @@ def main(argv=None) -> int:
         "breakdown_s": breakdown,
         "breakdown_fraction": {name: seconds / med["full_step"] for name, seconds in breakdown.items()},
         "loss_forward_only_s": med["loss_forward"],
+        "loss_unfused_forward_backward_s": med["loss_unfused_forward_backward"],
         "setup": {"vocab": vocab, "batch": BATCH, "seq_len": SEQ, "completion_tokens": COMPLETION,
                   "loss": cfg.loss.name, "dtype": cfg.model.dtype, "threads": torch.get_num_threads(),
                   "repeats": args.repeats},
@@ -303,7 +315,8 @@ def main(argv=None) -> int:
     print(f"\nwhere the fused step's {med['full_step'] * 1000:.0f} ms go (parts alone; engine overhead = the rest)")
     for name, seconds in breakdown.items():
         print(f"  {name:<38}{seconds * 1000:>9.1f} ms {100 * seconds / med['full_step']:>6.1f} %")
-    print(f"  (loss forward alone, no_grad: {med['loss_forward'] * 1000:.1f} ms)")
+    print(f"  (loss forward alone, no_grad: {med['loss_forward'] * 1000:.1f} ms; the same loss unfused, heads on "
+          f"the rows then the dense loss, forward+backward: {med['loss_unfused_forward_backward'] * 1000:.1f} ms)")
     print(f"step_overhead_ratio = {result['step_overhead_ratio']:.2f}" +
           (f"; MFU {100 * result['mfu']:.1f}% (student fwd+bwd alone {100 * result['mfu_student_fwd_bwd']:.1f}%)"
            if "mfu" in result else ""))
