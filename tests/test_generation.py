@@ -1,12 +1,16 @@
 """Batched sampling: seeded, left-padded, end tokens kept, equal to unbatched decoding."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from distillm_cli.config import GenerationConfig
 from distillm_cli.generation.hf import generate, sampling_settings
 from distillm_cli.generation.stops import cut_after_stop
 from distillm_cli.models.tiny import build_char_tokenizer, build_tiny_model
+
+from .conftest import run_cli
 
 
 def tiny():
@@ -64,3 +68,16 @@ def test_settings_switch_off_what_transformers_would_fill_in():
     assert settings["top_k"] == 0 and settings["repetition_penalty"] == 1.0 and settings["num_beams"] == 1
     assert settings["eos_token_id"] == [3, 4] and settings["suppress_tokens"] == [98]
     assert settings["max_new_tokens"] == 7
+
+
+def test_vllm_backend_without_vllm_is_one_clear_line(tmp_path):
+    """generation.backend=vllm where vllm cannot be imported: the fix in one line, no traceback."""
+    hidden = tmp_path / "hide" / "vllm"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('vllm is hidden by this test')\n")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(hidden.parent), os.environ.get("PYTHONPATH")]))}
+    result = run_cli("generate-student", "generation.backend=vllm", "generate.max_prompts=2",
+                     f"run_dir={tmp_path / 'run'}", env=env)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("distillm: error:")]
+    assert len(errors) == 1 and "make vllm-install" in errors[0] and "Traceback" not in result.stderr

@@ -16,13 +16,17 @@ gives the same responses; the caller's random state is left alone. Backends
 (generation.backend):
 
     hf.py      transformers `generate` on the model in this process
+    vllm.py    a vLLM engine in this process, given the model's current weights before each call
+    served.py  an OpenAI-compatible completions server by URL (black-box teacher answers)
 
-A new backend (vLLM, an OpenAI-compatible server) is a new module here with the same
-`generate` method, chosen in `make_generator`; no stage changes.
+A new backend is a new module here with the same `generate` method, chosen in
+`make_generator`; no stage changes.
 """
 from __future__ import annotations
 
 from typing import Protocol
+
+import torch
 
 from ..errors import UserError
 from .hf import HFGenerator
@@ -45,7 +49,23 @@ class Generator(Protocol):
 
 def make_generator(model, gen_cfg, tokenizer, *, max_length: int, sharded: bool = False) -> Generator:
     """The backend of `gen_cfg` for `model`. sharded: the weights are partitioned across ranks
-    (ZeRO-3 with several processes), so every rank must take part in every forward."""
+    (ZeRO-3 with several processes), so every rank must take part in every forward.
+
+    `model` may also be a function that loads it: a served model (backend=openai) never
+    needs the weights here, so they are loaded only for the backends that run them."""
+    if gen_cfg.backend == "openai":
+        from .served import ServedGenerator
+
+        return ServedGenerator(None if callable(model) and not isinstance(model, torch.nn.Module) else model,
+                               gen_cfg, tokenizer, max_length=max_length)
+    if gen_cfg.backend == "vllm":
+        from .vllm import VLLMGenerator, import_vllm
+
+        import_vllm()  # not installed: one line, before any model is loaded
+    if callable(model) and not isinstance(model, torch.nn.Module):
+        model = model()
     if gen_cfg.backend == "hf":
         return HFGenerator(model, gen_cfg, tokenizer, max_length=max_length, sharded=sharded)
-    raise UserError(f"unknown generation backend '{gen_cfg.backend}'; choose generation.backend=hf")
+    if gen_cfg.backend == "vllm":
+        return VLLMGenerator(model, gen_cfg, tokenizer, max_length=max_length, sharded=sharded)
+    raise UserError(f"unknown generation backend '{gen_cfg.backend}'; choose generation.backend=hf, vllm or openai")

@@ -32,8 +32,9 @@ def run(cfg) -> dict:
     roles = ("teacher", "student") if cfg.generate.pairs else (role,)
     tokenizer = load_tokenizer(cfg, roles[0])
     fmt = record_format(cfg, tokenizer)
-    generators = {r: make_generator(load_model(cfg, r, tokenizer).to(runtime.device), cfg.generation, tokenizer,
-                                    max_length=cfg.data.max_length) for r in roles}
+    # Each model is loaded by the backend that runs it (a served model's weights never are).
+    generators = {r: make_generator(lambda r=r: load_model(cfg, r, tokenizer).to(runtime.device), cfg.generation,
+                                    tokenizer, max_length=cfg.data.max_length) for r in roles}
 
     split = cfg.generate.split or cfg.data.generate_split
     records = load_split(cfg, split, need_responses=False)
@@ -47,7 +48,7 @@ def run(cfg) -> dict:
     todo = [k for k, batch in enumerate(batches) if batch]
     todo_batches = [[fmt.prompt_ids(r) for r in batches[k]] for k in todo]
     config = OmegaConf.to_container(cfg.generation, resolve=True)
-    if runtime.main and todo:  # the exact settings transformers is given, beside the outputs
+    if runtime.main and todo:  # the exact settings the backend is given, beside the outputs
         write_settings(run_dir, {r: generators[r].settings(todo_batches[0]) for r in roles}, config)
 
     def answer(prompts: list[list[int]], seed: int) -> dict:
