@@ -7,8 +7,13 @@
     distillm2_rows(...) the same loss on the response rows of a pair batch ([1, N, V], a sample index per row)
     label_logprobs(...) log-probability of each row's label, chunked (DistiLLM-2's alpha curriculum)
 
+    kd_objective_topk(...) the same objective against a sparse teacher (top-k + tail bucket)
+    topk_of_logits(...)    a teacher's top-k ids, log-probabilities and tail log-mass
+
     dense.py   every loss over full-vocabulary logits, fused and chunked (no [N, V] temporaries
                beyond one chunk; the gradient formed in the forward pass)
+    topk.py    every divergence between the teacher's (k + 1)-way distribution (a top-k cache)
+               and the student's coarse-grained onto the same buckets, fused and chunked
 
 A new family of losses (divergences on a sparse top-k teacher, the output head fused into
 the loss) is a new module here, exported below.
@@ -28,6 +33,8 @@ from .dense import (
            skew_rkl,
            tvd,
 )
+from .topk import kd_objective_topk, topk_of_logits
 
 __all__ = ["LOSSES", "LOSS_NAMES", "check_loss_params", "distillm2", "distillm2_rows", "fkl", "jsd",
-           "kd_objective", "label_logprobs", "rkl", "skew_fkl", "skew_rkl", "tvd"]
+           "kd_objective", "kd_objective_topk", "label_logprobs", "rkl", "skew_fkl", "skew_rkl", "topk_of_logits",
+           "tvd"]
