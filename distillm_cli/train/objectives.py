@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from ..data.formats import IGNORE
-from ..losses import distillm2_rows, kd_objective
+from ..losses import distillm2_rows, kd_objective, kd_objective_topk
 from ..models.loading import response_logits
 from ..runtime import Runtime
 from .contrastive import response_label_probability
@@ -26,6 +26,12 @@ def kd_params(loss_cfg, **overrides) -> dict:
 def batch_kd_loss(engine, teacher, batch: dict, runtime: Runtime, vocab: int, params: dict,
                   normalizer: float) -> tuple[torch.Tensor, dict]:
     """The objective on one batch: its token sum / normalizer, and the stats of kd_objective."""
+    if hasattr(teacher, "response_topk"):  # a top-k cache (teacher/cache.py): the sparse loss, losses/topk.py
+        ids, logprobs, tail = teacher.response_topk(batch)  # [N, k], [N, k], [N]
+        student_logits, labels = response_logits(engine, batch, runtime.device, vocab)  # [1, N, V]
+        n = ids.shape[0]  # an all-masked batch comes back as [B, T, V] rows, none of them kept
+        return kd_objective_topk(student_logits.flatten(0, -2)[:n], ids, logprobs, tail, labels.flatten()[:n],
+                                 normalizer=normalizer, **params)
     teacher_logits, labels = teacher.response_logits(batch)  # [1, N, V]
     student_logits, _ = response_logits(engine, batch, runtime.device, vocab)  # [1, N, V]
     return kd_objective(student_logits, teacher_logits, labels, normalizer=normalizer, **params)
