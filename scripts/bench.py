@@ -8,11 +8,14 @@ Runs, each as its own subprocess (their output streams through):
 * scripts/bench_contrastive.py  DistiLLM-2's contrastive step vs a skew_rkl step over the same response tokens:
                               peak memory (vocab 50257; bench-full adds 151936)
 * scripts/bench_offpolicy.py  adaptive off-policy vs on-policy student samples: wall-time speed-up
+* scripts/bench_cache.py      distilling from a top-k teacher cache vs the live teacher: loss error at
+                              k = 8, 32, 128, bytes per position, step time and peak memory
 
 then writes ``<out-dir>/results.json``: the headline numbers (``vs_trl.throughput_ratio``,
 ``vs_trl.peak_memory_ratio``, ``step_overhead_ratio``, ``loss_memory_ratio``,
-``contrastive_memory_ratio``, ``offpolicy_speedup``, ``device``, and ``mfu`` on CUDA), each benchmark's full result, the
-exact commands and their wall times. Profiles:
+``contrastive_memory_ratio``, ``offpolicy_speedup``, ``cache_step_speedup``, ``cache_peak_memory_saved_mb``,
+``cache_loss_rel_err_k32_max``, ``cache_bytes_per_entry_k32``, ``device``, and ``mfu`` on CUDA), each
+benchmark's full result, the exact commands and their wall times. Profiles:
 
 * ``--quick`` (``make bench``): short settings, about 10 minutes on 2 CPU cores;
 * default (``make bench-full``): the settings the numbers in the README come from;
@@ -24,7 +27,7 @@ On CUDA (``torch.cuda.is_available()``) the model benchmarks run in bf16 and the
 benchmark adds model FLOPs utilisation; on CPU that is skipped.
 
     .venv/bin/python scripts/bench.py [--quick | --smoke] [--threads 2]
-                                      [--only vs_trl step loss contrastive offpolicy]
+                                      [--only vs_trl step loss contrastive offpolicy cache]
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
-NAMES = ("vs_trl", "step", "loss", "contrastive", "offpolicy")
+NAMES = ("vs_trl", "step", "loss", "contrastive", "offpolicy", "cache")
 
 
 def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
@@ -47,12 +50,14 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
     py = [sys.executable]
     extra = {
         "quick": {"vs_trl": ["--quick"], "step": ["--quick"], "loss": ["--quick"], "contrastive": ["--quick"],
-                  "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"]},
-        "full": {"vs_trl": [], "step": [], "loss": [], "contrastive": [], "offpolicy": []},
+                  "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"],
+                  "cache": ["--quick"]},
+        "full": {"vs_trl": [], "step": [], "loss": [], "contrastive": [], "offpolicy": [], "cache": []},
         "smoke": {"vs_trl": ["--steps", "1", "--repeats", "1"], "step": ["--repeats", "1"],
                   "loss": ["--quick", "--positions", "256", "--losses", "fkl", "--repeats", "1"],
                   "contrastive": ["--vocab", "5000", "--pairs", "2", "--seq", "64"],
-                  "offpolicy": ["--steps", "2", "--sft-steps", "4", "--eval-examples", "4"]},
+                  "offpolicy": ["--steps", "2", "--sft-steps", "4", "--eval-examples", "4"],
+                  "cache": ["--quick", "--steps", "2", "--repeats", "1"]},
     }[profile]
     threads_flag = ["--threads", str(threads)]
     return {
@@ -64,6 +69,8 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
         # The off-policy benchmark caches its SFT teacher/student in --work: one folder per profile.
         "offpolicy": [*py, "scripts/bench_offpolicy.py", *extra["offpolicy"], "--work",
                       f"{rel}/offpolicy_runs_{profile}", "--out", f"{rel}/offpolicy.json"],
+        "cache": [*py, "scripts/bench_cache.py", *extra["cache"], *threads_flag, "--work",
+                  f"{rel}/cache_runs_{profile}", "--out", f"{rel}/cache.json"],
     }
 
 
@@ -118,7 +125,7 @@ def _get(record: dict, *keys):
 
 
 def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
-    vs_trl, step, loss, contrastive, offpolicy = (runs.get(n, {}) for n in NAMES)
+    vs_trl, step, loss, contrastive, offpolicy, cache = (runs.get(n, {}) for n in NAMES)
     results = {
         "device": device_name(threads),
         "profile": profile,
@@ -137,6 +144,11 @@ def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
         "loss_time_ratio": _get(loss, "loss_time_ratio"),
         "contrastive_memory_ratio": _get(contrastive, "contrastive_memory_ratio"),
         "offpolicy_speedup": _get(offpolicy, "offpolicy_speedup"),
+        "cache_step_speedup": _get(cache, "cache_step_speedup"),
+        "cache_peak_memory_saved_mb": _get(cache, "cache_peak_memory_saved_mb"),
+        "cache_loss_rel_err_k32_max": _get(cache, "cache_loss_rel_err_k32_max"),
+        "cache_grad_rel_err_k32_max": _get(cache, "cache_grad_rel_err_k32_max"),
+        "cache_bytes_per_entry_k32": _get(cache, "cache_bytes_per_entry_k32"),
     }
     if _get(step, "mfu") is not None:
         results["mfu"] = _get(step, "mfu")
@@ -170,6 +182,12 @@ def print_table(results: dict) -> None:
         ("distillm2 step / skew_rkl step: peak memory", _fmt(results.get("contrastive_memory_ratio")),
          "x, same response tokens, target <= 1.25"),
         ("adaptive off-policy speed-up", _fmt(results["offpolicy_speedup"]), "x vs on-policy, higher is better"),
+        ("distill step, top-k cache vs live teacher", _fmt(results.get("cache_step_speedup")),
+         "x faster, target >= 1.5"),
+        ("  peak memory saved by the cache", _fmt(results.get("cache_peak_memory_saved_mb"), ".0f"), "MB"),
+        ("  k=32 loss / gradient relative error", f"{_fmt(results.get('cache_loss_rel_err_k32_max'), '.1e')} / "
+         f"{_fmt(results.get('cache_grad_rel_err_k32_max'), '.1e')}", "worst divergence"),
+        ("  cache bytes per kept entry (k=32)", _fmt(results.get("cache_bytes_per_entry_k32")), "target <= 6 + small"),
     ]
     if "mfu" in results:
         rows.append(("MFU, full distill step", _fmt(100 * results["mfu"], ".1f") if results["mfu"] else "-",

@@ -63,7 +63,7 @@ def run(cfg) -> dict:
             rows = []
             for chunk in batches[s]:
                 rows += _teacher_rows(teacher, collate(chunk, pad), k, cfg.loss.temperature, cfg.loss.chunk_size)
-                bar.advance(sum(tc.positions(e) for e in chunk))
+                bar.advance(sum(tc.positions(e) for e in chunk), tokens=sum(len(e.input_ids) for e in chunk))
             lo, hi = plan[s]
             tc.write_shard(run_dir, s, tc.shard_arrays(examples[lo:hi], rows, vocab, cfg.cache.logprob_dtype),
                            tag=str(runtime.rank))
