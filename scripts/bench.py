@@ -17,11 +17,15 @@ Runs, each as its own subprocess (their output streams through):
 * smollm2_step: scripts/bench_step.py --pair smollm2: where the time of distillm's step goes on that pair
 * scripts/bench_generation.py  generation.backend=vllm vs hf: generation tokens/s, on-policy distill wall time
 
+* scripts/bench_cache.py      distilling from a top-k teacher cache vs the live teacher: loss error at
+                              k = 8, 32, 128, bytes per position, step time and peak memory
+
 then writes ``<out-dir>/results.json``: the headline numbers (``vs_trl.throughput_ratio``,
 ``vs_trl.peak_memory_ratio``, ``step_overhead_ratio``, ``loss_memory_ratio``,
 ``contrastive_memory_ratio``, ``offpolicy_speedup``, ``generation_tok_s_ratio``,
-``generation_on_policy_speedup``, ``device``, and ``mfu`` on CUDA; ``smollm2``: that pair's
-ratios against both TRL trainers and its step's time breakdown), each benchmark's full result, the
+``generation_on_policy_speedup``, ``cache_step_speedup``, ``cache_peak_memory_saved_mb``,
+``cache_loss_rel_err_k32_max``, ``cache_bytes_per_entry_k32``, ``device``, and ``mfu`` on CUDA; ``smollm2``:
+that pair's ratios against both TRL trainers and its step's time breakdown), each benchmark's full result, the
 exact commands and their wall times. Profiles:
 
 * ``--quick`` (``make bench``): short settings, about 10 minutes on 2 CPU cores, plus about 15 for the SmolLM2
@@ -35,8 +39,8 @@ On CUDA (``torch.cuda.is_available()``) the model benchmarks run in bf16 and the
 benchmark adds model FLOPs utilisation; on CPU that is skipped.
 
     .venv/bin/python scripts/bench.py [--quick | --smoke] [--threads 2]
-                                      [--only vs_trl step loss head contrastive offpolicy generation smollm2
-                                              smollm2_step]
+                                      [--only vs_trl step loss head contrastive offpolicy generation cache
+                                              smollm2 smollm2_step]
 """
 from __future__ import annotations
 
@@ -50,7 +54,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
-NAMES = ("vs_trl", "step", "loss", "head", "contrastive", "offpolicy", "generation", "smollm2", "smollm2_step")
+NAMES = ("vs_trl", "step", "loss", "head", "contrastive", "offpolicy", "generation", "cache", "smollm2",
+         "smollm2_step")
 SMOLLM2 = ("smollm2", "smollm2_step")  # run only when the SmolLM2 teacher is installed
 
 
@@ -62,10 +67,10 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
         "quick": {"vs_trl": ["--quick"], "step": ["--quick"], "loss": ["--quick"], "head": ["--quick"],
                   "contrastive": ["--quick"],
                   "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"],
-                  "generation": ["--steps", "30", "--sft-steps", "100", "--repeats", "1"],
+                  "generation": ["--steps", "30", "--sft-steps", "100", "--repeats", "1"], "cache": ["--quick"],
                   "smollm2": ["--steps", "3", "--repeats", "1"], "smollm2_step": ["--quick"]},
         "full": {"vs_trl": [], "step": [], "loss": [], "head": [], "contrastive": [], "offpolicy": [],
-                 "generation": ["--smollm2"],
+                 "generation": ["--smollm2"], "cache": [],
                  "smollm2": ["--steps", "10", "--repeats", "2"], "smollm2_step": ["--repeats", "5"]},
         "smoke": {"vs_trl": ["--steps", "1", "--repeats", "1"], "step": ["--repeats", "1"],
                   "loss": ["--quick", "--positions", "256", "--losses", "fkl", "--repeats", "1"],
@@ -73,6 +78,7 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
                   "contrastive": ["--vocab", "5000", "--pairs", "2", "--seq", "64"],
                   "offpolicy": ["--steps", "2", "--sft-steps", "4", "--eval-examples", "4"],
                   "generation": ["--steps", "2", "--sft-steps", "4", "--prompts", "4", "--repeats", "1"],
+                  "cache": ["--quick", "--steps", "2", "--repeats", "1"],
                   "smollm2": ["--steps", "1", "--repeats", "1"], "smollm2_step": ["--repeats", "1"]},
     }[profile]
     threads_flag = ["--threads", str(threads)]
@@ -92,6 +98,8 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
                     f"{rel}/smollm2.json"],
         "smollm2_step": [*py, "scripts/bench_step.py", "--pair", "smollm2", *extra["smollm2_step"], *threads_flag,
                          "--out", f"{rel}/smollm2_step.json"],
+        "cache": [*py, "scripts/bench_cache.py", *extra["cache"], *threads_flag, "--work",
+                  f"{rel}/cache_runs_{profile}", "--out", f"{rel}/cache.json"],
     }
 
 
@@ -161,7 +169,7 @@ def _get(record: dict, *keys):
 
 
 def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
-    vs_trl, step, loss, head, contrastive, offpolicy, generation, smollm2, smollm2_step = (
+    vs_trl, step, loss, head, contrastive, offpolicy, generation, cache, smollm2, smollm2_step = (
         runs.get(n, {}) for n in NAMES)
     results = {
         "device": device_name(threads),
@@ -188,6 +196,11 @@ def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
         "fused_head_over_rows_time": _get(head, "fused_over_rows_time"),
         "contrastive_memory_ratio": _get(contrastive, "contrastive_memory_ratio"),
         "offpolicy_speedup": _get(offpolicy, "offpolicy_speedup"),
+        "cache_step_speedup": _get(cache, "cache_step_speedup"),
+        "cache_peak_memory_saved_mb": _get(cache, "cache_peak_memory_saved_mb"),
+        "cache_loss_rel_err_k32_max": _get(cache, "cache_loss_rel_err_k32_max"),
+        "cache_grad_rel_err_k32_max": _get(cache, "cache_grad_rel_err_k32_max"),
+        "cache_bytes_per_entry_k32": _get(cache, "cache_bytes_per_entry_k32"),
         "generation_tok_s_ratio": _get(generation, "tiny_tok_s_ratio"),
         "generation_smollm2_tok_s_ratio": _get(generation, "smollm2_tok_s_ratio"),
         "generation_on_policy_speedup": _get(generation, "on_policy_speedup"),
@@ -268,6 +281,12 @@ def print_table(results: dict) -> None:
         ("  same, SmolLM2-135M", _fmt(results.get("generation_smollm2_tok_s_ratio")), "x (bench-full)"),
         ("on-policy distill wall time, hf / vLLM", _fmt(results.get("generation_on_policy_speedup")),
          "x, target >= 2"),
+        ("distill step, top-k cache vs live teacher", _fmt(results.get("cache_step_speedup")),
+         "x faster, target >= 1.5"),
+        ("  peak memory saved by the cache", _fmt(results.get("cache_peak_memory_saved_mb"), ".0f"), "MB"),
+        ("  k=32 loss / gradient relative error", f"{_fmt(results.get('cache_loss_rel_err_k32_max'), '.1e')} / "
+         f"{_fmt(results.get('cache_grad_rel_err_k32_max'), '.1e')}", "worst divergence"),
+        ("  cache bytes per kept entry (k=32)", _fmt(results.get("cache_bytes_per_entry_k32")), "target <= 6 + small"),
     ]
     sm = results["smollm2"]
     rows += [
