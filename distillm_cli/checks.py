@@ -12,6 +12,7 @@ per problem, each naming its fix). Only configs and tokenizers are read, no weig
     template         how records render (chat, alpaca, compact) and the token that ends a response
     example          one record of the stage's split, rendered, with the tokens the loss counts
     end of turn      a chat response ends with the template's end-of-turn token
+    teacher cache    teacher_cache= matches the run: tokenizer, template, temperature, every example
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .errors import UserError
 
 # Which models each stage loads, and which split it reads first.
 STAGE_ROLES = {"sft-teacher": ("teacher",), "sft-student": ("student",), "distill": ("teacher", "student"),
-               "check": ("teacher", "student"), "evaluate": ("student",)}
+               "check": ("teacher", "student"), "evaluate": ("student",), "cache-teacher": ("teacher",)}
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
 SPECIAL_TOKENS = ("eos_token", "pad_token", "bos_token", "unk_token")
 
@@ -51,6 +52,8 @@ def stage_roles(cfg) -> tuple[str, ...]:
         return ("teacher", "student") if cfg.generate.pairs else (cfg.generate.source,)
     if cfg.stage == "evaluate" and cfg.eval.models:
         return ()  # each scored model is loaded (and refused) on its own
+    if cfg.teacher_cache and cfg.stage in ("distill", "check"):
+        return ("student",)  # the teacher is the cache: checked against the student's tokenizer
     return STAGE_ROLES.get(cfg.stage, ())
 
 
@@ -192,7 +195,22 @@ def run_checks(cfg) -> Findings:
     tokenizer = tokenizers.get("teacher") or tokenizers.get("student")
     if tokenizer is not None:
         check_example(findings, cfg, tokenizer)
+        if cfg.teacher_cache and cfg.stage in ("distill", "check"):
+            check_teacher_cache(findings, cfg, tokenizer)
     return findings
+
+
+def check_teacher_cache(findings: Findings, cfg, tokenizer) -> None:
+    """teacher_cache: the same tokenizer, template and temperature, and a row for every example the run reads."""
+    from .teacher.cache import cache_problems, read_manifest
+
+    problems = cache_problems(cfg, tokenizer)
+    for problem in problems:
+        findings.problem("teacher cache", "does not fit this run", problem)
+    if not problems:
+        manifest = read_manifest(cfg.teacher_cache)
+        findings.ok("teacher cache", f"k={manifest['k']}, T={manifest['temperature']}, {manifest['examples']} "
+                                     f"examples, {manifest['positions']} positions; no teacher model is loaded")
 
 
 def enforce(cfg) -> None:

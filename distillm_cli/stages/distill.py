@@ -1,6 +1,7 @@
 """distill: train the student to imitate the teacher token by token (DistiLLM, ICML 2024).
 
-Recipe: load teacher and student (one shared tokenizer) -> encode the training data
+Recipe: load teacher (or open its top-k cache: teacher_cache=) and student (one shared
+tokenizer) -> encode the training data
 (dataset responses, plus teacher/student answers with `generations=`) -> build the
 engine -> each step, off_policy= picks the batch source (the dataset, fresh student
 samples, or the replay buffer) -> divergence between the student's and the teacher's
@@ -21,7 +22,7 @@ from ..data.formats import Example, build_example
 from ..data.sources import encode_split, read_generations, read_lm_blocks
 from ..evaluation.scoring import after_training_scores
 from ..generation import make_generator
-from ..models.loading import load_shared_tokenizer, load_student, vocab_size
+from ..models.loading import load_shared_tokenizer, load_student, load_tokenizer, vocab_size
 from ..run_dir import RunLog, open_run
 from ..teacher import load_teacher
 from ..train.engine import StepPlan, build_engine, train
@@ -33,7 +34,8 @@ from ..train.selection import Selection
 def run(cfg) -> dict:
     runtime, run_dir = open_run(cfg)  # loss name, alpha and beta were checked by config.validate
 
-    tokenizer = load_shared_tokenizer(cfg)
+    # teacher_cache: no teacher files are read; the cache was checked against the student's tokenizer.
+    tokenizer = load_tokenizer(cfg, "student") if cfg.teacher_cache else load_shared_tokenizer(cfg)
     teacher = load_teacher(cfg, tokenizer, runtime)
     student = load_student(cfg, tokenizer)
     vocab, pad = vocab_size(tokenizer), tokenizer.pad_token_id
@@ -118,6 +120,7 @@ def run(cfg) -> dict:
     scores = after_training_scores(cfg, run_dir / "checkpoint", runtime)  # eval.after_training
     return RunLog(run_dir, runtime).summary({
         "stage": "distill", "loss": cfg.loss.name, "off_policy": op.name,
+        "teacher": teacher.describe() if hasattr(teacher, "describe") else "live",
         "train_examples": len(train_examples), "source_counts": dict(schedule.source_counts),
         "final_phi": schedule.phi, **result, "selected": selected, "checkpoint": str(Path(run_dir) / "checkpoint"),
         **scores})

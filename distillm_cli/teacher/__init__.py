@@ -13,9 +13,11 @@ vocabulary (padded embedding rows dropped), computed without gradients:
 Where the numbers come from is the implementation's business:
 
     live.py    a model in memory: on the device, or sharded like the student under ZeRO-3
+    cache.py   a top-k cache on disk (teacher_cache=DIR, written by `distillm cache-teacher`):
+               no model at all; it answers response_topk(batch) -> (ids, logprobs, tail)
+               instead of logits, and the objective takes the sparse loss (losses/topk.py)
 
-A new source (a top-k cache on disk, a served teacher) is a new module here that
-implements the same methods, chosen in `load_teacher`; no stage changes.
+from .cache import CachedTeacher
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ from typing import Protocol
 import torch
 
 from ..models.head import OutputHead
+from .cache import CachedTeacher
 from .live import LiveTeacher
 
-__all__ = ["LiveTeacher", "Teacher", "load_teacher"]
+__all__ = ["CachedTeacher", "LiveTeacher", "Teacher", "load_teacher"]
 
 
 class Teacher(Protocol):
@@ -49,5 +52,8 @@ class Teacher(Protocol):
 
 
 def load_teacher(cfg, tokenizer, runtime) -> Teacher:
-    """The teacher of a distill run: teacher_dir (else model.teacher), placed for this run."""
+    """The teacher of a distill run: teacher_cache when given (no model loaded), else
+    teacher_dir (else model.teacher), placed for this run."""
+    if cfg.teacher_cache:
+        return CachedTeacher.load(cfg, tokenizer, runtime)
     return LiveTeacher.load(cfg, tokenizer, runtime)

@@ -15,7 +15,14 @@ from collections.abc import Callable
 import torch
 
 from ..data.formats import IGNORE
-from ..losses import distillm2_head, distillm2_rows, head_label_logprobs, kd_objective, kd_objective_head
+from ..losses import (
+    distillm2_head,
+    distillm2_rows,
+    head_label_logprobs,
+    kd_objective,
+    kd_objective_head,
+    kd_objective_topk,
+)
 from ..models.head import gathered, output_head, response_rows
 from ..models.loading import response_logits
 from ..runtime import Runtime
@@ -35,7 +42,14 @@ def batch_kd_loss(engine, teacher, batch: dict, runtime: Runtime, vocab: int, pa
                   normalizer: float) -> tuple[torch.Tensor, dict]:
     """The objective on one batch: its token sum / normalizer, and the stats of kd_objective."""
     params = dict(params)
-    if params.pop("fused_head"):
+    fused_head = params.pop("fused_head")
+    if hasattr(teacher, "response_topk"):  # a top-k cache (teacher/cache.py): the sparse loss, losses/topk.py
+        ids, logprobs, tail = teacher.response_topk(batch)  # [N, k], [N, k], [N]
+        student_logits, labels = response_logits(engine, batch, runtime.device, vocab)  # [1, N, V]
+        n = ids.shape[0]  # an all-masked batch comes back as [B, T, V] rows, none of them kept
+        return kd_objective_topk(student_logits.flatten(0, -2)[:n], ids, logprobs, tail, labels.flatten()[:n],
+                                 normalizer=normalizer, **params)
+    if fused_head:
         teacher_hidden, _ = teacher.response_hidden(batch)  # [N, H_t]
         teacher_head, student_head = teacher.output_head(), output_head(engine, vocab)
 
