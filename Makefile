@@ -35,9 +35,10 @@ test-all: install
 	$(BIN)/python -m pytest -q
 
 # The slow multi-process suite (issue 17): 2 processes through the deepspeed launcher for the
-# pipeline, kill-and-resume at ZeRO 0 and 3, SIGTERM, ZeRO-3 saving. CI runs it after `make test`.
+# pipeline, kill-and-resume at ZeRO 0 and 3, SIGTERM, ZeRO-3 saving, the teacher cache written by 2
+# processes (issue 21). CI runs it after `make test`.
 test-multiprocess: install
-	$(BIN)/python -m pytest -q -m slow tests/test_multiprocess.py tests/test_saving.py
+	$(BIN)/python -m pytest -q -m slow tests/test_multiprocess.py tests/test_saving.py tests/test_teacher_cache.py
 
 lint: install
 	$(BIN)/ruff check distillm_cli tests scripts
