@@ -37,3 +37,32 @@ def compose_cfg():
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    """A one-process gloo group for in-process DeepSpeed engines, with the launcher variables set for the
+    module that asks for it. The group itself lives for the whole session: DeepSpeed keeps the first group
+    it sees, so one destroyed and made again in a later module would be unknown to it."""
+    import socket
+    from types import SimpleNamespace
+
+    from distillm_cli.runtime import setup_runtime
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+            mp.setenv(key, value)
+        yield setup_runtime(SimpleNamespace(device="cpu", threads=0))  # the two keys it reads
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _process_group_at_the_end():
+    yield
+    import torch
+
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -10,7 +10,6 @@ gradient accumulation.
 from __future__ import annotations
 
 import copy
-import socket
 from types import SimpleNamespace
 
 import numpy as np
@@ -300,22 +299,6 @@ def test_lora_on_the_head_is_refused_with_one_line():
 
 
 # ---------------------------------------------------------------------------- DeepSpeed engines
-
-
-@pytest.fixture(scope="module")
-def runtime():
-    from distillm_cli.runtime import setup_runtime
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
-            mp.setenv(key, value)
-        yield setup_runtime(SimpleNamespace(device="cpu", threads=0))
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 @pytest.mark.parametrize("deepspeed", ["zero0", "zero2", "zero3"])

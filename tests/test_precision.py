@@ -7,8 +7,6 @@ and the bf16 sums of the four micro-batch gradients, computed by plain torch on 
 from __future__ import annotations
 
 import copy
-import socket
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -52,23 +50,6 @@ def test_other_dtypes_and_explicit_keys_are_left_alone(compose_cfg):
 
 
 # ----------------------------------------------------------------------------- a real engine
-
-
-@pytest.fixture(scope="module")
-def runtime():
-    """One gloo process group for the module; the launcher variables setup_runtime sets are undone after."""
-    from distillm_cli.runtime import setup_runtime
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
-            mp.setenv(key, value)
-        yield setup_runtime(SimpleNamespace(device="cpu", threads=0))  # the two keys it reads
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 def _loss(model, ids):

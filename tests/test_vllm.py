@@ -9,9 +9,7 @@ Skipped without vLLM (`make vllm-install`; `make test-vllm` runs this file).
 from __future__ import annotations
 
 import json
-import socket
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -99,24 +97,13 @@ def test_padded_vocabulary_rows_are_never_sampled():
     assert all(t < len(tokenizer) for r in vl.generate(ids(tokenizer), seed=3) for t in r)
 
 
-@pytest.fixture(scope="module")
-def runtime():
-    """One gloo process group for the module (as train would have), undone after."""
-    from distillm_cli.runtime import setup_runtime
+@pytest.fixture(scope="module", autouse=True)
+def _engines_stopped():
+    """The module's vLLM engines stopped at its end, while the process group they joined still exists."""
+    yield
+    from distillm_cli.generation.vllm import shutdown_engines
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
-            mp.setenv(key, value)
-        yield setup_runtime(SimpleNamespace(device="cpu", threads=0))
-        from distillm_cli.generation.vllm import shutdown_engines
-
-        shutdown_engines()  # before the process group the engines joined goes
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    shutdown_engines()
 
 
 @pytest.mark.parametrize("overrides", [["deepspeed=zero0"], ["deepspeed=zero3"], ["student.lora.r=4"]],
