@@ -327,6 +327,15 @@ def gpt2_tokenizer(directory: Path):
     return tokenizer
 
 
+def no_checkpointing(config_class) -> dict:
+    """Checkpointing off in a TRL config: gradient_checkpointing, and activation_checkpointing where the
+    installed transformers has that field (5.23 does, 5.19 does not)."""
+    import dataclasses
+
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return {name: False for name in ("gradient_checkpointing", "activation_checkpointing") if name in names}
+
+
 def worker_trl(args) -> dict:
     import torch
 
@@ -367,7 +376,7 @@ def worker_trl(args) -> dict:
             output_dir=str(Path(tmp) / "out"), max_steps=total, per_device_train_batch_size=BATCH,
             gradient_accumulation_steps=1, learning_rate=args.lr, weight_decay=0.0, optim="adamw_torch",
             lr_scheduler_type="cosine", warmup_steps=0, max_grad_norm=1.0, bf16=cuda, fp16=False,
-            activation_checkpointing=False, gradient_checkpointing=False, lmbda=0.0, beta=0.0, temperature=1.0,
+            **no_checkpointing(GKDConfig), lmbda=0.0, beta=0.0, temperature=1.0,
             seq_kd=False, max_length=SEQ,
             train_sampling_strategy="sequential", logging_steps=1, report_to="none", save_strategy="no",
             eval_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=args.seed, use_cpu=not cuda,
@@ -438,7 +447,7 @@ def worker_trl_distill(args) -> dict:
             output_dir=str(Path(tmp) / "out"), max_steps=total, per_device_train_batch_size=BATCH,
             gradient_accumulation_steps=1, learning_rate=args.lr, weight_decay=0.0, optim="adamw_torch",
             lr_scheduler_type="cosine", warmup_steps=0, max_grad_norm=1.0, bf16=cuda, fp16=False,
-            activation_checkpointing=False, gradient_checkpointing=False, beta=0.0, temperature=1.0,
+            **no_checkpointing(DistillationConfig), beta=0.0, temperature=1.0,
             max_completion_length=COMPLETION, shuffle_dataset=False, logging_steps=1, report_to="none",
             save_strategy="no", eval_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=args.seed,
             use_cpu=not cuda,
