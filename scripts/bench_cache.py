@@ -242,6 +242,11 @@ def main() -> None:
         for seed in (0, 1, 2):
             for name, extra in (("live", setups["live"]), ("cache_k32", setups["cache"])):
                 run_dir = work / f"quality_{name}_{seed}"
+                if (Path(f"{run_dir}_eval") / "summary.json").exists():  # measured by an earlier, interrupted call
+                    scores = json.loads((Path(f"{run_dir}_eval") / "summary.json").read_text())["models"][name]
+                    quality[name].append({"seed": seed, "exact_match": scores["exact_match"]["mean"],
+                                          "rouge_l": scores["rouge_l"]["mean"]})
+                    continue
                 distillm("distill", "off_policy=none", f"train.max_steps={args.quality_steps}", "loss=skew_rkl",
                          f"student_dir={student}", f"seed={seed}", "overwrite=true", *extra, *threads,
                          f"run_dir={run_dir}")

@@ -251,8 +251,11 @@ class TeacherCache:
         return ids, lps, tail
 
 
-def cache_problems(cfg, tokenizer, examples: list[Example] | None = None) -> list[str]:
-    """Why teacher_cache cannot serve this run (one line each, naming the fix); [] when it can."""
+def cache_problems(cfg, tokenizer, examples: list[Example] | None = None, *, coverage: bool = True) -> list[str]:
+    """Why teacher_cache cannot serve this run (one line each, naming the fix); [] when it can.
+
+    coverage: also check that every example the run reads (``examples``, default: encoded
+    here) has its rows in the cache (the preflight does; opening the cache does not repeat it)."""
     root = cfg.teacher_cache
     manifest = read_manifest(root)
     rewrite = f"or rewrite the cache: `distillm cache-teacher run_dir={root}` with this run's settings"
@@ -279,7 +282,7 @@ def cache_problems(cfg, tokenizer, examples: list[Example] | None = None) -> lis
     if manifest["template"] != template:
         problems.append(f"teacher_cache='{root}' was rendered with template '{manifest['template']}', this run "
                         f"uses '{template}'; set data.template={manifest['template']} {rewrite}")
-    if problems:
+    if problems or not coverage:
         return problems
     if examples is None:
         examples = run_examples(cfg, tokenizer)
@@ -309,7 +312,7 @@ class CachedTeacher:
     @classmethod
     def load(cls, cfg, tokenizer, runtime) -> CachedTeacher:
         cache = TeacherCache(cfg.teacher_cache)
-        problems = [p for p in cache_problems(cfg, tokenizer, examples=[]) if p]
+        problems = cache_problems(cfg, tokenizer, coverage=False)  # the preflight checked the examples
         if problems:
             raise UserError(*problems)
         return cls(cache, runtime.device)
