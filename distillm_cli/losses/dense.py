@@ -272,6 +272,26 @@ def _log_softmax_into(dst, x, inv_t, scratch):
     return torch.log_softmax(scratch, dim=-1, out=dst)
 
 
+def _student_side(s, labels, spec, w_ce, need_grad, ws, G, logq=None):
+    """A = log softmax(s / T) [n, V] (``logq`` when already formed), the cross-entropy of each row at
+    temperature 1 (None without CE) and, when T ≠ 1 and the CE term has weight, softmax(s) [n, V]
+    for its gradient (else None). G is scratch here."""
+    n = (s if logq is None else logq).shape[0]
+    inv_t = 1.0 / spec.temperature
+    A = logq if logq is not None else _log_softmax_into(ws("A", n), s, inv_t, scratch=G)  # log q   [n, V]
+    ce = q1 = None
+    if spec.with_ce:
+        lab = labels.unsqueeze(1)  # [n, 1]
+        if inv_t == 1.0:
+            ce = A.gather(1, lab).squeeze(1).neg_()  # −log softmax(s)[label]   [n]
+        else:  # CE is always at temperature 1
+            L1 = _log_softmax_into(ws("Q1", n), s, 1.0, scratch=G)  # [n, V]
+            ce = L1.gather(1, lab).squeeze(1).neg_()
+            if need_grad and w_ce:
+                q1 = L1.exp_()  # softmax(s)   [n, V]
+    return A, ce, q1
+
+
 def _chunk(s, t, labels, w, alpha, spec, w_ce, need_grad, ws, out, logq=None, logp=None):
     """Loss terms and gradient of one chunk of kept rows.
 
@@ -286,17 +306,7 @@ def _chunk(s, t, labels, w, alpha, spec, w_ce, need_grad, ws, out, logq=None, lo
     n = (s if logq is None else logq).shape[0]
     inv_t = 1.0 / spec.temperature
     G = out if out is not None else ws("G", n)  # scratch, then the gradient   [n, V]
-    A = logq if logq is not None else _log_softmax_into(ws("A", n), s, inv_t, scratch=G)  # log q   [n, V]
-    ce = q1 = None
-    if spec.with_ce:
-        lab = labels.unsqueeze(1)  # [n, 1]
-        if inv_t == 1.0:
-            ce = A.gather(1, lab).squeeze(1).neg_()  # −log softmax(s)[label]   [n]
-        else:  # CE is always at temperature 1
-            L1 = _log_softmax_into(ws("Q1", n), s, 1.0, scratch=G)  # [n, V]
-            ce = L1.gather(1, lab).squeeze(1).neg_()
-            if need_grad and w_ce:
-                q1 = L1.exp_()  # softmax(s)   [n, V]
+    A, ce, q1 = _student_side(s, labels, spec, w_ce, need_grad, ws, G, logq)
     div = h = q = None
     if spec.name is not None:
         B = logp if logp is not None else _log_softmax_into(ws("B", n), t, inv_t, scratch=G)  # log p   [n, V]

@@ -59,9 +59,9 @@ from .dense import (
     _compute_dtype,
     _grad_dtype,
     _log_alphas,
-    _log_softmax_into,
     _scaled_to,
     _Spec,
+    _student_side,
     _Workspace,
     check_loss_params,
 )
@@ -81,17 +81,7 @@ def _chunk(s, ids, lps, tail, labels, spec, w, w_ce, need_grad, ws, wk, out):
     n, k = ids.shape
     inv_t = 1.0 / spec.temperature
     G = out if out is not None else ws("G", n)  # scratch, then the gradient   [n, V]
-    A = _log_softmax_into(ws("A", n), s, inv_t, scratch=G)  # log q at T   [n, V]
-    ce = q1 = None
-    if spec.with_ce:
-        lab = labels.unsqueeze(1)  # [n, 1]
-        if inv_t == 1.0:
-            ce = A.gather(1, lab).squeeze(1).neg_()  # −log softmax(s)[label]   [n]
-        else:  # CE is always at temperature 1
-            L1 = _log_softmax_into(ws("Q1", n), s, 1.0, scratch=G)  # [n, V]
-            ce = L1.gather(1, lab).squeeze(1).neg_()
-            if need_grad and w_ce:
-                q1 = L1.exp_()  # softmax(s)   [n, V]
+    A, ce, q1 = _student_side(s, labels, spec, w_ce, need_grad, ws, G)  # A: log q at T   [n, V]
     div = None
     gt = ct = None  # gradient of the top-k entries [n, k] and the tail factor [n]
     if spec.name is not None:
