@@ -46,9 +46,11 @@ def reference(tmp_path_factory) -> list[float]:
 
 
 def test_two_processes_match_one_process_at_every_zero_stage(tmp_path, reference):
+    """The two processes fuse the output heads into the loss (ZeRO-3: the heads gathered, the student head's
+    gradient through its layer); the one-process reference reads logit rows: the same losses."""
     sweep = tmp_path / "two"
     result = launch("distill", "-m", "deepspeed=zero1,zero2,zero3", *COMMON, "train.micro_batch_size=4",
-                    f"run_dir={sweep}")
+                    "loss.fused_head=true", f"run_dir={sweep}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for job in ("0", "1", "2"):
         assert losses(sweep / job) == pytest.approx(reference, rel=1e-5, abs=1e-7), job

@@ -2,7 +2,7 @@
 settings from the loss config, its value on one batch (teacher seam + student forward + fused
 loss) and its token mean over the fixed validation batches; DistiLLM-2's on one pair batch.
 
-With loss.fused_head (the default) both models' output heads are fused into the loss
+With loss.fused_head=true both models' output heads are fused into the loss
 (losses/fused_head.py): the teacher gives its response rows' last hidden states and its head,
 the student's forward stops at its body, and the loss runs inside the student's forward
 (models.head.response_rows), with both heads gathered under ZeRO-3. Without it, both models
