@@ -368,6 +368,19 @@ def _budget_rows(vocab, dtype, device):
     return max(1, budget // (vocab * torch.finfo(dtype).bits // 8))
 
 
+def add_chunk_terms(totals, div, ce, w, w_ce) -> None:
+    """Add one chunk's terms to totals = (objective, div_sum, ce_sum), 0-dim tensors updated in place:
+    objective += Σ w_r div_r + w_ce Σ CE_r. w: float or [n, 1]; div / ce: [n] or None."""
+    objective, div_sum, ce_sum = totals
+    if div is not None:
+        div_sum += div.sum()
+        objective += (div * w.squeeze(1)).sum() if torch.is_tensor(w) else div.sum() * w
+    if ce is not None:
+        ce_sum += ce.sum()
+        if w_ce:
+            objective += ce.sum() * w_ce
+
+
 def _fused_forward(student, teacher, mask, labels, spec, need_grad, buf=None):
     """One chunked pass over the kept rows. Returns (objective, div_sum, ce_sum, grad_buffer or None).
 
@@ -435,13 +448,7 @@ def _fused_forward(student, teacher, mask, labels, spec, need_grad, buf=None):
         a = alpha[b_idx[lo:hi]].unsqueeze(1) if torch.is_tensor(alpha) else alpha  # float or [n, 1]
         out = buf_rows[lo:hi] if direct else None
         div, ce, grad = _chunk(s, t, y, w, a, spec, w_ce, need_grad, ws, out)
-        if div is not None:
-            div_sum += div.sum()
-            objective += (div * w.squeeze(1)).sum() if torch.is_tensor(w) else div.sum() * w
-        if ce is not None:
-            ce_sum += ce.sum()
-            if w_ce:
-                objective += ce.sum() * w_ce
+        add_chunk_terms((objective, div_sum, ce_sum), div, ce, w, w_ce)
         if need_grad and not direct:
             if all_kept:
                 buf_rows[lo:hi].copy_(grad)

@@ -45,7 +45,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from .dense import _budget_rows, _chunk, _compute_dtype, _Workspace, distillm2_parts, kd_spec
+from .dense import _budget_rows, _chunk, _compute_dtype, _Workspace, add_chunk_terms, distillm2_parts, kd_spec
 
 
 def _rows(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -161,13 +161,7 @@ def _head_pass(s_hidden, s_head, t_hidden, t_head, labels, parts, need_grad):
                 z_t, logp = _rows_logits(ws, "B", "z_t", t_hidden[a:b], t_head, cdt, inv_t, keep_logits=False)
             y = labels[a:b] if spec.with_ce else None
             div, ce, G = _chunk(z, z_t, y, w, alpha, spec, spec.w_ce, need_grad, ws, None, logq=logq, logp=logp)
-            if div is not None:
-                totals[1] += div.sum()
-                totals[0] += (div * w.squeeze(1)).sum() if torch.is_tensor(w) else div.sum() * w
-            if ce is not None:
-                totals[2] += ce.sum()
-                if spec.w_ce:
-                    totals[0] += ce.sum() * spec.w_ce
+            add_chunk_terms(totals, div, ce, w, spec.w_ce)
             if need_grad:
                 grads.add_chunk(G, z, (a, b), s_hidden[a:b], ws)
     return (*totals, grads)

@@ -63,6 +63,7 @@ from .dense import (
     _Spec,
     _student_side,
     _Workspace,
+    add_chunk_terms,
     check_loss_params,
 )
 
@@ -160,13 +161,7 @@ def _topk_forward(student, ids, lps, tail, labels, spec, need_grad):
         out = buf[lo:hi] if direct else None
         div, ce, grad = _chunk(s, ids[sel].long(), lps[sel], tail[sel], labels[sel], spec, w, w_ce, need_grad,
                                ws, wk, out)
-        if div is not None:
-            div_sum += div.sum()
-            objective += div.sum() * w
-        if ce is not None:
-            ce_sum += ce.sum()
-            if w_ce:
-                objective += ce.sum() * w_ce
+        add_chunk_terms((objective, div_sum, ce_sum), div, ce, w, w_ce)
         if need_grad and not direct:
             if all_kept:
                 buf[lo:hi].copy_(grad)
