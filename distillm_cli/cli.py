@@ -81,6 +81,22 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
+def implied_overrides(stage: str, overrides: list[str]) -> list[str]:
+    """Overrides a run's own choices imply. Distilling from teacher_cache with no off_policy named:
+    the default schedule (adaptive) trains on fresh student samples, which need a live teacher, so
+    the run takes off_policy=none and says so. An off_policy (or experiment) the user named is
+    kept, and refused by validate() if it needs samples."""
+    keys = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+    cached = any(o.split("=", 1)[0].lstrip("+") == "teacher_cache" and o.split("=", 1)[1:] != [""]
+                 for o in overrides)
+    if stage != "distill" or not cached or keys & {"off_policy", "experiment"}:
+        return []
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("distillm: teacher_cache given without off_policy: using off_policy=none (fresh student samples "
+              "need a live teacher)", file=sys.stderr, flush=True)
+    return ["off_policy=none"]
+
+
 def _explain(error: Exception) -> str:
     """Turn a Hydra/OmegaConf composition error into one line that names the fix."""
     text = str(error)
@@ -206,6 +222,7 @@ def _main(argv: list[str] | None):
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         report_and_exit(f"unknown stage '{stage}'{hint}; choose one of {', '.join(STAGE_NAMES)}")
     stage_override = f"stage={stage.replace('-', '_')}"
+    rest += implied_overrides(stage, split_args(rest)[1])
     hydra_only = any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in rest)
     if not hydra_only:
         preflight(stage_override, rest)

@@ -83,14 +83,17 @@ def test_distill_from_the_cache_loads_no_teacher_and_equals_the_live_teacher(ful
 
 
 def test_a_sweep_reuses_one_cache(full_cache, tmp_path):
+    """The command as a user types it: no off_policy named, so the default adaptive falls to none."""
     sweep = tmp_path / "sweep"
-    result = run_cli("distill", "-m", "loss=fkl,skew_fkl,skew_rkl", *DATA, *STEPS, f"teacher_cache={full_cache}",
+    result = run_cli("distill", "-m", "loss=fkl,skew_fkl,skew_rkl", *DATA, *STEPS[1:], f"teacher_cache={full_cache}",
                      *NO_TEACHER, f"run_dir={sweep}")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("using off_policy=none") == 1
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
     assert sorted(s["loss"] for s in summaries) == ["fkl", "skew_fkl", "skew_rkl"]
     assert all(s["teacher"].startswith("cache ") and s["steps"] == 2 for s in summaries)
+    assert all("off_policy=none" in (run / ".hydra" / "overrides.yaml").read_text() for run in runs)
 
 
 def test_an_interrupted_cache_write_continues(tmp_path):
@@ -129,7 +132,9 @@ def test_a_cache_that_does_not_fit_the_run_is_refused(full_cache, tmp_path, comp
 
     assert "loss.temperature=2.0" in refusal(*STEPS, f"teacher_cache={full_cache}", "loss.temperature=2.0")
     assert "written for other data" in refusal(*STEPS, f"teacher_cache={full_cache}", "data.toy_length=2")
-    assert "off_policy=none" in refusal(f"teacher_cache={full_cache}")  # adaptive by default: fresh samples
+    # an off_policy named with a cache is kept, and refused when it needs fresh samples
+    assert "off_policy=none" in refusal(*STEPS[1:], f"teacher_cache={full_cache}", "off_policy=adaptive")
+    assert "off_policy=none" in refusal(*STEPS[1:], f"teacher_cache={full_cache}", "experiment=distillm")
     assert "does not exist" in refusal(*STEPS, f"teacher_cache={tmp_path / 'nothing'}")
 
     # Another tokenizer: the same cache with the manifest of a different vocabulary.
