@@ -6,6 +6,7 @@ Every step is one of the tool's own stages (`python -m distillm_cli.cli STAGE ..
                 build the student from 6 of its 30 layers (0-2 and 27-29)  (python -m distillm_cli.models.smollm2)
   1. teacher    generate-student generate=teacher: answers sampled at temperature 1 to the
                 train, valid and test prompts of data=smollm2 (the labels of everything below)
+  per training seed (--seeds, 3 by default; `seed=S` orders the data and draws the samples):
   2. seqkd      sft-student on the teacher's train answers (SeqKD, cross-entropy); this is
                 also the initial student of distillation, as in DistiLLM's pipeline
   3. distill    distill loss=skew_rkl off_policy=adaptive from the SeqKD student, on the
@@ -14,9 +15,13 @@ Every step is one of the tool's own stages (`python -m distillm_cli.cli STAGE ..
                 what those steps give without the teacher's distributions
   5. evaluate   the papers' protocol: answers sampled at temperature 1 (no_repeat_ngram_size
                 6), ROUGE-L against the teacher's answers on the 60 held-out test prompts, mean
-                over 5 seeds, and KL(teacher || model) on the validation answers, for the
-                student before training, SeqKD, SeqKD + more steps, the distilled student, and
-                the teacher itself sampled again (how close another sample of the teacher gets)
+                over --eval-seeds sampling seeds, and KL(teacher || model) on the validation
+                answers, for the student before training, every seed's SeqKD, SeqKD + more
+                steps and distilled student, and the teacher itself sampled again (how close
+                another sample of the teacher gets)
+
+The table gives each trained row as mean ± std over the training seeds, and the distilled
+student minus the control and minus SeqKD paired by seed (the same SeqKD start under both).
 
 --protocol greedy makes the teacher's answers and the evaluation greedy instead.
 
@@ -32,6 +37,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -40,8 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = "smollm2-student-0.1.2.27.28.29"
-PROTOCOLS = {"sample": "Teacher answers sampled at temperature 1; evaluation samples too (no_repeat_ngram_size 6, "
-                       "mean ± std over 5 seeds), as in the papers",
+PROTOCOLS = {"sample": "Teacher answers sampled at temperature 1; evaluation samples too (no_repeat_ngram_size 6), "
+                       "as in the papers",
              "greedy": "Teacher answers and evaluation greedy"}
 
 
@@ -78,11 +84,19 @@ def short(text: str, width: int = 230) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def spread(values: list[float], digits: int = 2) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", default="runs/smollm2")
     parser.add_argument("--student", default=STUDENT, help="student preset (smollm2-student-<layers> or -random-<n>)")
-    parser.add_argument("--steps", type=int, default=40, help="training steps of SeqKD and of distill (each)")
+    parser.add_argument("--steps", type=int, default=60, help="training steps of SeqKD and of distill (each)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    parser.add_argument("--eval-seeds", type=int, nargs="+", default=[10, 20],
+                        help="sampling seeds of the evaluation (protocol sample)")
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3, help="SeqKD learning rate")
     parser.add_argument("--distill-lr", type=float, default=2e-4,
@@ -139,49 +153,71 @@ def main() -> None:
     train = [f"train.max_steps={args.steps}", f"train.micro_batch_size={args.micro_batch}",
              f"train.eval_interval={args.eval_interval}", "train.valid_batches=2", "train.warmup_steps=0"]
 
-    # 2. SeqKD: cross-entropy on the teacher's answers
-    seqkd = stage("seqkd", root, timings, "sft-student", *model, *data, *train, f"train.lr={args.lr}",
-                  f"student_dir={student_dir}")
-    # 3. DistiLLM: skew reverse KL on the teacher's token distributions + adaptive off-policy samples
-    warm = [f"student_dir={seqkd / 'checkpoint'}", f"train.lr={args.distill_lr}"]
-    distill = stage("distill", root, timings, "distill", *model, *data, *train, *warm,
-                    f"teacher_dir={teacher_dir}", "loss=skew_rkl", "off_policy=adaptive",
-                    "generation=sample", f"generation.max_new_tokens={args.gen_tokens}", *args.distill_args)
-    # 4. control: the same extra steps on the same answers, cross-entropy only
-    control = stage("seqkd_more", root, timings, "sft-student", *model, *data, *train, *warm)
+    # 2-4 per training seed: SeqKD, then from it distill and the control at equal steps
+    models = {"student_before": student_dir}
+    trained: dict[str, dict[int, Path]] = {"seqkd": {}, "seqkd_more": {}, "distilled": {}}
+    for seed in args.seeds:
+        seeded = [f"seed={seed}", *train]
+        # 2. SeqKD: cross-entropy on the teacher's answers
+        seqkd = stage(f"seqkd_seed{seed}", root, timings, "sft-student", *model, *data, *seeded,
+                      f"train.lr={args.lr}", f"student_dir={student_dir}")
+        # 3. DistiLLM: skew reverse KL on the teacher's token distributions + adaptive off-policy samples
+        warm = [f"student_dir={seqkd / 'checkpoint'}", f"train.lr={args.distill_lr}"]
+        distill = stage(f"distill_seed{seed}", root, timings, "distill", *model, *data, *seeded, *warm,
+                        f"teacher_dir={teacher_dir}", "loss=skew_rkl", "off_policy=adaptive",
+                        "generation=sample", f"generation.max_new_tokens={args.gen_tokens}", *args.distill_args)
+        # 4. control: the same extra steps on the same answers, cross-entropy only
+        control = stage(f"seqkd_more_seed{seed}", root, timings, "sft-student", *model, *data, *seeded, *warm)
+        for kind, run_dir in (("seqkd", seqkd), ("seqkd_more", control), ("distilled", distill)):
+            trained[kind][seed] = run_dir
+            models[f"{kind}_seed{seed}"] = str(run_dir / "checkpoint")
     # 5. evaluation against the teacher's answers on held-out prompts
-    models = {"student_before": student_dir, "seqkd": str(seqkd / "checkpoint"),
-              "seqkd_more": str(control / "checkpoint"), "distilled": str(distill / "checkpoint")}
     if args.protocol == "sample":  # the teacher answers again with other seeds: how close one sample gets
         models["teacher_again"] = teacher_dir
-    protocol = "eval=paper" if args.protocol == "sample" else "eval=default"
-    evaluate = stage("evaluate", root, timings, "evaluate", *model, *data, protocol,
+    protocol = (["eval=paper", f"eval.seeds=[{','.join(map(str, args.eval_seeds))}]"] if args.protocol == "sample"
+                else ["eval=default"])
+    evaluate = stage("evaluate", root, timings, "evaluate", *model, *data, *protocol,
                      f"eval.sampling.max_new_tokens={args.gen_tokens}", f"eval.teacher={teacher_dir}",
                      *[f"+eval.models.{k}={v}" for k, v in models.items()])
     wall = time.perf_counter() - started
 
     scores = json.loads((evaluate / "summary.json").read_text())["models"]
-    trained = {"seqkd": json.loads((seqkd / "summary.json").read_text()),
-               "distilled": json.loads((distill / "summary.json").read_text())}
-    rows = []
-    for name in models:
-        s = scores[name]
-        seconds = {"seqkd": timings.get("seqkd"), "seqkd_more": timings.get("seqkd_more"),
-                   "distilled": timings.get("distill")}.get(name)
-        rouge = f"{s['rouge_l']['mean']:.2f} ± {s['rouge_l']['std']:.2f}"
-        rows.append([name, rouge, f"{s['exact_match']['mean']:.1f}",
-                     f"{s.get('kl_to_teacher', float('nan')):.3f}", f"{seconds:.0f}" if seconds else "–"])
+    rouge = {name: scores[name]["rouge_l"]["mean"] for name in models}
+    kl = {name: scores[name].get("kl_to_teacher", float("nan")) for name in models}
+    exact = {name: scores[name]["exact_match"]["mean"] for name in models}
+    per_seed = {kind: [f"{kind}_seed{seed}" for seed in args.seeds] for kind in trained}
+    train_seconds = {kind: [timings[run_dir.name] for run_dir in runs.values()] for kind, runs in trained.items()}
+
+    def paired(kind: str, against: str) -> str:
+        """kind minus against, per training seed (the same SeqKD start), and on how many seeds it is above."""
+        gaps = [rouge[a] - rouge[b] for a, b in zip(per_seed[kind], per_seed[against])]
+        return f"{spread(gaps)} ({sum(g > 0 for g in gaps)}/{len(gaps)} above)"
+
+    rows = [["student_before", f"{rouge['student_before']:.2f}", f"{exact['student_before']:.1f}",
+             f"{kl['student_before']:.3f}", "", "", "–"]]
+    for kind, names in per_seed.items():
+        rows.append([kind, spread([rouge[n] for n in names]), spread([exact[n] for n in names], 1),
+                     spread([kl[n] for n in names], 3), paired(kind, "seqkd_more") if kind != "seqkd_more" else "",
+                     paired(kind, "seqkd") if kind != "seqkd" else "", f"{statistics.fmean(train_seconds[kind]):.0f}"])
+    if "teacher_again" in models:
+        rows.append(["teacher_again", f"{rouge['teacher_again']:.2f}", f"{exact['teacher_again']:.1f}",
+                     f"{kl['teacher_again']:.3f}", "", "", "–"])
     n_test = len(teacher["test"].read_text().splitlines())
     header = ["student", f"ROUGE-L vs teacher ({n_test} test prompts)", "exact match %",
-              "KL(teacher‖student), valid", "train s"]
+              "KL(teacher‖student), valid", "minus control, same seed", "minus SeqKD, same seed", "train s"]
     lines = [f"# distillm: SmolLM2-135M-Instruct -> {args.student}", "",
              f"SeqKD: {args.steps} steps × {args.micro_batch} sequences at lr {args.lr}. From it, {args.steps} "
              f"more steps at lr {args.distill_lr} of distill (skew RKL + adaptive off-policy) or of SFT (control, "
-             f"seqkd_more). {PROTOCOLS[args.protocol]}, at most {args.gen_tokens} new tokens.", "",
+             f"seqkd_more). {PROTOCOLS[args.protocol]}, at most {args.gen_tokens} new tokens. Trained rows: mean ± "
+             f"std over training seeds {' '.join(map(str, args.seeds))} of each student's mean over the evaluation "
+             f"seeds.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    sources = trained["distilled"].get("source_counts", {})
-    lines += ["", f"distill data sources per step: {sources}; final phi {trained['distilled'].get('final_phi')}", "",
+    for seed, run_dir in trained["distilled"].items():
+        distilled = json.loads((run_dir / "summary.json").read_text())
+        lines += ["", f"distill seed {seed}: data sources per step {distilled.get('source_counts', {})}; "
+                      f"final phi {distilled.get('final_phi')}"]
+    lines += ["",
               "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()]
     lines += [f"| total (this invocation) | {wall:.0f} |", "", "## Answers side by side (held-out prompts)", ""]
@@ -198,7 +234,8 @@ def main() -> None:
     for record in test_records[::step][: args.samples]:
         instruction = record["prompt"].split("<|im_start|>user\n")[-1].split("<|im_end|>")[0]
         lines += [f"**{short(instruction, 200)}**", ""]
-        for name in ("teacher", *models):  # "teacher": the reference answer; teacher_again: a new sample
+        shown = [name for name in models if not name.endswith(tuple(f"_seed{s}" for s in args.seeds[1:]))]
+        for name in ("teacher", *shown):  # "teacher": the reference answer; teacher_again: a new sample
             lines.append(f"- *{name}*: {short(predictions[record['prompt']].get(name, ''))}")
         lines.append("")
     report = "\n".join(lines)
@@ -206,10 +243,10 @@ def main() -> None:
     (root / "summary.json").write_text(json.dumps({
         "student": args.student, "steps": args.steps, "micro_batch": args.micro_batch, "lr": args.lr,
         "distill_lr": args.distill_lr,
+        "seeds": args.seeds, "eval_seeds": args.eval_seeds,
         "gen_tokens": args.gen_tokens, "timings": timings, "wall_seconds": wall,
-        "scores": {name: {"rouge_l": scores[name]["rouge_l"]["mean"],
-                          "exact_match": scores[name]["exact_match"]["mean"],
-                          "kl_to_teacher": scores[name].get("kl_to_teacher")} for name in models}}, indent=2))
+        "scores": {name: {"rouge_l": rouge[name], "exact_match": exact[name], "kl_to_teacher": kl[name]}
+                   for name in models}}, indent=2))
     print()
     print("\n".join(textwrap.fill(line, 160, subsequent_indent="  ") if not line.startswith("|") else line
                     for line in lines))
