@@ -27,7 +27,7 @@ test: install
 
 # The evidence for the papers' claims on the embedded task (issue 19): losses at equal steps
 # beside SeqKD, an SFT control and a capacity reference; off-policy modes where phi moves;
-# 3 training seeds, about 52 minutes on 2 CPU cores (the target is 40) -> runs/compare/results.md.
+# 3 training seeds, 30 minutes on 2 CPU cores (the target is 40) -> runs/compare/results.md.
 compare: install
 	$(BIN)/python scripts/compare.py --root runs/compare
 

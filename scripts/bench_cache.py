@@ -147,6 +147,10 @@ def main() -> None:
     parser.add_argument("--quality-steps", type=int, default=300)
     parser.add_argument("--eval-examples", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--teacher-dir", default=None,
+                        help="a trained demo teacher's checkpoint to use instead of training one (e.g. make compare's)")
+    parser.add_argument("--student-dir", default=None,
+                        help="the demo student's checkpoint every distill run starts from (e.g. make compare's SFT student)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=["errors", "bytes", "step"])
     args = parser.parse_args()
     if args.quality and "quality" not in args.parts:
@@ -168,6 +172,8 @@ def main() -> None:
 
     # The demo pair, trained briefly (cached in --work).
     teacher, student = work / f"teacher_{sft[0]}" / "checkpoint", work / f"student_{sft[1]}" / "checkpoint"
+    teacher = Path(args.teacher_dir).resolve() if args.teacher_dir else teacher
+    student = Path(args.student_dir).resolve() if args.student_dir else student
     if not teacher.exists():
         distillm("sft-teacher", f"train.max_steps={sft[0]}", f"run_dir={teacher.parent}", "overwrite=true", *threads)
     if not student.exists():
@@ -239,6 +245,8 @@ def main() -> None:
     # 4. Quality, 3 training seeds each.
     if "quality" in args.parts:
         quality = {"live": [], "cache_k32": []}
+        # --eval-examples 0: the whole test split (make compare's 300 prompts), else that many
+        eval_split = [f"eval.max_examples={args.eval_examples}"] if args.eval_examples else []
         for seed in (0, 1, 2):
             for name, extra in (("live", setups["live"]), ("cache_k32", setups["cache"])):
                 run_dir = work / f"quality_{name}_{seed}"
@@ -250,8 +258,8 @@ def main() -> None:
                 distillm("distill", "off_policy=none", f"train.max_steps={args.quality_steps}", "loss=skew_rkl",
                          f"student_dir={student}", f"seed={seed}", "overwrite=true", *extra, *threads,
                          f"run_dir={run_dir}")
-                distillm("evaluate", f"+eval.models.{name}={run_dir / 'checkpoint'}",
-                         f"eval.max_examples={args.eval_examples}", f"run_dir={run_dir}_eval", "overwrite=true",
+                distillm("evaluate", f"+eval.models.{name}={run_dir / 'checkpoint'}", *eval_split,
+                         f"run_dir={run_dir}_eval", "overwrite=true",
                          *threads)
                 scores = json.loads((Path(f"{run_dir}_eval") / "summary.json").read_text())["models"][name]
                 quality[name].append({"seed": seed, "exact_match": scores["exact_match"]["mean"],

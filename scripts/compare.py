@@ -7,9 +7,12 @@ steps (the distill stage's 300 x 32 at its learning rate):
 
   distill, one sweep per seed   distillm distill -m loss=fkl,rkl,jsd,tvd,skew_fkl,skew_rkl
                                 (off_policy=none: the loss is the only thing that differs)
+                                teacher_cache=<root>/cache: the teacher's distributions on the
+                                labels and answers, cached once (cache-teacher) with cache.k at
+                                least the vocabulary (99 tokens), so every entry is kept and each
+                                loss is the dense one exactly; no job of the sweeps runs the teacher
   SeqKD                         sft-student on the labels + the teacher's answers
   control                       sft-student on the labels only (what the extra steps alone give)
-  4000 labels                   sft-student on the teacher's 4000 labels (true labels, not answers)
 
 and a capacity reference, how far this student gets with every label the teacher had: the
 student trained as the teacher is (1000 steps x 32 on the 4000 labels, from its random init,
@@ -49,6 +52,9 @@ sys.path.insert(0, str(ROOT))
 from distillm_cli.ui import print_table  # noqa: E402
 
 LOSSES = ("fkl", "rkl", "jsd", "tvd", "skew_fkl", "skew_rkl")
+# cache.k at or above the toy vocabulary (99): the cache keeps every token, so the cached losses are the
+# dense ones exactly (tests/test_topk_losses.py checks k = V against the dense objective).
+EXACT_CACHE_K = 128
 # The distill stage's schedule, given to every run that starts from the SFT student (equal steps).
 EQUAL_STEPS = ["train.max_steps=300", "train.micro_batch_size=32", "train.lr=1e-3"]
 SCORED = ["eval.after_training=true"]
@@ -94,12 +100,16 @@ class Runner:
             print(f"  {line}", flush=True)
 
 
-def shared_stages(runner: Runner, root: Path) -> None:
-    """The teacher (scored too) and its greedy answers to the unlabelled prompts: once for all seeds."""
+def shared_stages(runner: Runner, root: Path, parts: list[int]) -> None:
+    """The teacher (scored too), its greedy answers to the unlabelled prompts and, for part 1, its
+    distributions on the labels and answers (the sweeps' cache): once for all seeds."""
+    teacher = f"teacher_dir={root / 'teacher' / 'checkpoint'}"
     runner.run("teacher", ["sft-teacher", f"run_dir={root / 'teacher'}", *SCORED], [root / "teacher"])
-    runner.run("answers", ["generate-student", "generate=teacher", "generation=greedy",
-                           f"teacher_dir={root / 'teacher' / 'checkpoint'}", f"run_dir={root / 'answers'}"],
-               [root / "answers"])
+    runner.run("answers", ["generate-student", "generate=teacher", "generation=greedy", teacher,
+                           f"run_dir={root / 'answers'}"], [root / "answers"])
+    if 1 in parts:
+        runner.run("cache", ["cache-teacher", teacher, f"generations={root / 'answers'}", f"cache.k={EXACT_CACHE_K}",
+                             f"run_dir={root / 'cache'}"], [root / "cache"])
 
 
 def sft_student(runner: Runner, root: Path, seed: int) -> None:
@@ -126,10 +136,11 @@ def from_sft_student(root: Path, seed: int, parts: list[int]) -> list[tuple[str,
     runs = []
     if 1 in parts:
         sweep = root / "losses" / f"seed{seed}"
-        runs.append((f"seed{seed}/losses", ["distill", "-m", f"loss={','.join(LOSSES)}", "off_policy=none", teacher,
-                                            answers, *start, *EQUAL_STEPS, f"run_dir={sweep}"],
+        runs.append((f"seed{seed}/losses", ["distill", "-m", f"loss={','.join(LOSSES)}", "off_policy=none",
+                                            f"teacher_cache={root / 'cache'}", answers, *start, *EQUAL_STEPS,
+                                            f"run_dir={sweep}"],
                      [sweep / str(job) for job in range(len(LOSSES))]))
-        for name, extra in (("seqkd", [answers]), ("control", []), ("labels4000", ["data.train_split=teacher_train"])):
+        for name, extra in (("seqkd", [answers]), ("control", [])):
             run_dir = root / name / f"seed{seed}"
             runs.append((f"seed{seed}/{name}", ["sft-student", *start, *EQUAL_STEPS, *extra, f"run_dir={run_dir}"],
                          [run_dir]))
@@ -166,7 +177,6 @@ def loss_table(root: Path, seeds: list[int]) -> tuple[list[str], list[list[str]]
                                             {s: root / "seqkd" / f"seed{s}" for s in seeds}}
     for job, loss in enumerate(LOSSES):
         rows[f"distill loss={loss}"] = {s: root / "losses" / f"seed{s}" / str(job) for s in seeds}
-    rows["+ 300 SFT steps on the teacher's 4000 labels"] = {s: root / "labels4000" / f"seed{s}" for s in seeds}
     rows["capacity: the student trained as the teacher (1000 steps on the 4000 labels)"] = {
         s: root / "capacity" / f"seed{s}" for s in seeds}
     start = {s: rouge(root / "sft" / f"seed{s}") for s in seeds}
@@ -219,7 +229,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.root).resolve()
     started = time.perf_counter()
-    shared_stages(Runner(root, threads=max(1, os.cpu_count() or 1)), root)
+    shared_stages(Runner(root, threads=max(1, os.cpu_count() or 1)), root, args.part)
     # Independent runs go to --jobs workers, each with its share of the CPU threads: first the
     # SFT students, then every run that starts from one (longest first, so the workers end together).
     runner = Runner(root, threads=max(1, (os.cpu_count() or 1) // args.jobs))
