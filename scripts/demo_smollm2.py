@@ -93,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", default="runs/smollm2")
     parser.add_argument("--student", default=STUDENT, help="student preset (smollm2-student-<layers> or -random-<n>)")
-    parser.add_argument("--steps", type=int, default=60, help="training steps of SeqKD and of distill (each)")
+    parser.add_argument("--steps", type=int, default=120, help="training steps of SeqKD and of distill (each)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--eval-seeds", type=int, nargs="+", default=[10, 20],
                         help="sampling seeds of the evaluation (protocol sample)")
