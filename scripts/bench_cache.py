@@ -11,13 +11,21 @@
 2. Bytes per response position of the cache `distillm cache-teacher` writes (k = 8, 32, 128).
 3. Step time and peak memory of `distillm distill` from a k = 32 cache vs with the live
    teacher, at the demo's shapes (teacher 3 x 192, student 2 x 128, batch 32, off_policy=none),
-   each run a fresh process (peak RSS of that process), alternated, medians.
+   each run a fresh process (peak RSS of that process), alternated, medians. --pair smollm2
+   measures it with SmolLM2-135M-Instruct (540 MB of fp32 weights) and its 6-layer student
+   instead (batch 8, on the teacher answers of `make demo-smollm2`, --smollm2-run), where the
+   teacher's weights are far above the run-to-run spread of the peak RSS.
 4. (--quality) Quality: the demo student distilled from the k = 32 cache and from the live
-   teacher, 3 training seeds each, greedy exact match / ROUGE-L on held-out prompts.
+   teacher, 3 training seeds each, greedy exact match / ROUGE-L on held-out prompts. With
+   --compare-root runs/compare, at the demo's real setting instead: `make compare`'s teacher
+   (1000 steps), its answers and each seed's SFT student, skew_fkl (the best loss there) at
+   its equal-steps schedule (300 x 32), scored on the 300 test prompts; beside the runs of
+   `make compare` itself, which read an exact cache (k >= V).
 
     .venv/bin/python scripts/bench_cache.py [--quick] [--quality] [--out bench/cache.json]
         [--parts errors bytes step quality]   (a subset re-measures those parts, keeping the others from --out;
                                                 each part is saved to --out as soon as it is measured)
+        [--pair smollm2 --smollm2-run runs/smollm2]   (the step part with the SmolLM2 pair, into step_smollm2)
 """
 from __future__ import annotations
 
@@ -136,6 +144,47 @@ def smollm2_errors(prompts: int, new_tokens: int) -> tuple[dict, dict] | None:
     return errors_on(t[:, :vocab], s[:, :vocab]), {"positions": t.shape[0], "vocab": vocab}
 
 
+def quality_on_compare(root: Path, work: Path, threads: list[str]) -> dict:
+    """Live teacher vs a k = 32 cache vs the exact cache, at make compare's setting (docstring, 4)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_script", ROOT / "scripts" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    teacher, answers = root / "teacher" / "checkpoint", root / "answers"
+    cache = work / "compare_cache_k32"
+    if not (cache / "manifest.json").exists():
+        distillm("cache-teacher", f"teacher_dir={teacher}", f"generations={answers}", "cache.k=32", f"run_dir={cache}",
+                 "overwrite=true", *threads)
+    setups = {"live": [f"teacher_dir={teacher}"], "cache_k32": [f"teacher_cache={cache}"]}
+    runs: dict[str, list[dict]] = {"live": [], "cache_k32": [], "cache_exact": []}
+    for seed in (0, 1, 2):
+        for name, extra in setups.items():
+            run_dir = work / f"compare_quality_{name}_{seed}"
+            if not (run_dir / "summary.json").exists():
+                distillm("distill", "loss=skew_fkl", "off_policy=none", f"seed={seed}", f"generations={answers}",
+                         f"student_dir={root / 'sft' / f'seed{seed}' / 'checkpoint'}", *compare.EQUAL_STEPS,
+                         *compare.SCORED, *extra, *threads, f"run_dir={run_dir}", "overwrite=true")
+            runs[name].append({"seed": seed, **scores_of(run_dir)})
+        runs["cache_exact"].append({"seed": seed, **scores_of(root / "losses" / f"seed{seed}" /
+                                                              str(compare.LOSSES.index("skew_fkl")))})
+    result = {"setting": "make compare, skew_fkl, 300 x 32 from each seed's SFT student, 300 test prompts",
+              "runs": runs}
+    for name, scored in runs.items():
+        em, rl = [r["exact_match"] for r in scored], [r["rouge_l"] for r in scored]
+        result[name] = {"exact_match_mean": statistics.mean(em), "exact_match_std": statistics.stdev(em),
+                        "rouge_l_mean": statistics.mean(rl), "rouge_l_std": statistics.stdev(rl)}
+        print(f"quality at make compare's setting, {name}: ROUGE-L {statistics.mean(rl):.2f} ± "
+              f"{statistics.stdev(rl):.2f} ({', '.join(f'{x:.2f}' for x in rl)}), EM {statistics.mean(em):.1f} ± "
+              f"{statistics.stdev(em):.1f}")
+    return result
+
+
+def scores_of(run_dir: Path) -> dict:
+    scores = json.loads((run_dir / "summary.json").read_text())["scores"]["student"]
+    return {"exact_match": scores["exact_match"]["mean"], "rouge_l": scores["rouge_l"]["mean"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter SFT, fewer steps and repeats")
@@ -147,11 +196,12 @@ def main() -> None:
     parser.add_argument("--quality-steps", type=int, default=300)
     parser.add_argument("--eval-examples", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--teacher-dir", default=None,
-                        help="a trained demo teacher's checkpoint to use instead of training one (e.g. make compare's)")
-    parser.add_argument("--student-dir", default=None,
-                        help="the demo student's checkpoint every distill run starts from (e.g. make compare's SFT student)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=["errors", "bytes", "step"])
+    parser.add_argument("--compare-root", default=None,
+                        help="a `make compare` root: the quality part at its setting (teacher, answers, SFT students)")
+    parser.add_argument("--pair", choices=("demo", "smollm2"), default="demo", help="the models of the step part")
+    parser.add_argument("--smollm2-run", default="runs/smollm2",
+                        help="a `make demo-smollm2` run dir: its teacher answers are the data of --pair smollm2")
     args = parser.parse_args()
     if args.quality and "quality" not in args.parts:
         args.parts.append("quality")
@@ -172,11 +222,12 @@ def main() -> None:
 
     # The demo pair, trained briefly (cached in --work).
     teacher, student = work / f"teacher_{sft[0]}" / "checkpoint", work / f"student_{sft[1]}" / "checkpoint"
-    teacher = Path(args.teacher_dir).resolve() if args.teacher_dir else teacher
-    student = Path(args.student_dir).resolve() if args.student_dir else student
-    if not teacher.exists():
+    # (not needed by the SmolLM2 step part nor by the quality part at make compare's setting)
+    need_pair = bool({"errors", "bytes"} & set(args.parts)) or ("step" in args.parts and args.pair == "demo") or (
+        "quality" in args.parts and not args.compare_root)
+    if need_pair and not teacher.exists():
         distillm("sft-teacher", f"train.max_steps={sft[0]}", f"run_dir={teacher.parent}", "overwrite=true", *threads)
-    if not student.exists():
+    if need_pair and not student.exists():
         distillm("sft-student", f"train.max_steps={sft[1]}", f"run_dir={student.parent}", "overwrite=true", *threads)
     result["teacher"], result["student"] = str(teacher), str(student)
 
@@ -187,7 +238,7 @@ def main() -> None:
         pair = smollm2_errors(prompts=4 if args.quick else 8, new_tokens=48 if args.quick else 64)
         if pair is not None:
             result["loss_error"]["smollm2"] = {**pair[1], "errors": pair[0]}
-    for source, entry in result["loss_error"].items():
+    for source, entry in result.get("loss_error", {}).items():
         print(f"\nloss error, {source} teacher (V={entry['vocab']}, {entry['positions']} positions): value / gradient")
         print(f"{'loss':<10}" + "".join(f"{'k=' + str(k):>22}" for k in KS))
         for name in LOSS_NAMES:
@@ -213,42 +264,58 @@ def main() -> None:
     save()
 
     # 3. Step time and peak memory, alternated, each a fresh process.
+    from transformers import AutoModelForCausalLM
+
     common = ["off_policy=none", f"train.max_steps={steps}", "train.eval_interval=0", "loss=skew_rkl",
-              f"student_dir={student}", "overwrite=true", *threads]
-    setups = {"live": [f"teacher_dir={teacher}"], "cache": [f"teacher_cache={work / 'cache_k32'}"]}
+              "overwrite=true", *threads]
+    step_key, teacher_path = "step", teacher
+    setups = demo_setups = {"live": [f"teacher_dir={teacher}"], "cache": [f"teacher_cache={work / 'cache_k32'}"]}
+    if args.pair == "demo":
+        common.append(f"student_dir={student}")
+    elif args.pair == "smollm2" and "step" in args.parts:
+        from distillm_cli.models import smollm2
+
+        step_key, teacher_path = "step_smollm2", Path(smollm2.teacher_dir())
+        answers = ROOT / args.smollm2_run
+        data = ["model=smollm2", "data=smollm2", f"data.path={answers / 'teacher_train' / 'generations.jsonl'}",
+                f"data.valid_path={answers / 'teacher_valid' / 'generations.jsonl'}"]
+        cache = work / "smollm2_cache_k32"
+        if not (cache / "manifest.json").exists():
+            distillm("cache-teacher", *data, "cache.k=32", f"run_dir={cache}", "overwrite=true", *threads)
+        common += [*data, "train.micro_batch_size=8"]  # the student: the preset's 6 layers
+        setups = {"live": [], "cache": [f"teacher_cache={cache}"]}
     timings = {name: {"step_seconds": [], "peak_rss_mb": []} for name in setups}
     for repeat in range(repeats if "step" in args.parts else 0):
         for name in (setups if repeat % 2 == 0 else reversed(list(setups))):
-            run_dir = work / f"step_{name}"
+            run_dir = work / f"{step_key}_{name}"
             _, rss = distillm("distill", *common, *setups[name], f"run_dir={run_dir}", measure=True)
             summary = json.loads((run_dir / "summary.json").read_text())
             timings[name]["step_seconds"].append(summary["train_seconds"] / summary["steps"])
             timings[name]["peak_rss_mb"].append(rss / 1024)
-    from transformers import AutoModelForCausalLM
-
-    if "step" not in args.parts:
-        timings = result["step"]["runs"]
-    else:
+    if "step" in args.parts:
         result["steps"], result["repeats"] = steps, repeats
-    teacher_mb = sum(p.numel() * p.element_size() for p in AutoModelForCausalLM.from_pretrained(teacher).parameters())
-    teacher_mb /= 2**20
-    med = {name: {key: statistics.median(v) for key, v in t.items()} for name, t in timings.items()}
-    result["step"] = {"runs": timings, "median": med, "teacher_weights_mb": teacher_mb,
-                      "cache_step_speedup": med["live"]["step_seconds"] / med["cache"]["step_seconds"],
-                      "cache_peak_memory_saved_mb": med["live"]["peak_rss_mb"] - med["cache"]["peak_rss_mb"]}
-    print(f"\nstep: live {med['live']['step_seconds']:.3f} s, cache {med['cache']['step_seconds']:.3f} s "
-          f"({result['step']['cache_step_speedup']:.2f}x); peak RSS live {med['live']['peak_rss_mb']:.0f} MB, "
-          f"cache {med['cache']['peak_rss_mb']:.0f} MB (saved {result['step']['cache_peak_memory_saved_mb']:.0f} MB; "
-          f"teacher weights {teacher_mb:.1f} MB)")
-    save()
+        teacher_mb = sum(p.numel() * p.element_size()
+                         for p in AutoModelForCausalLM.from_pretrained(teacher_path).parameters()) / 2**20
+        med = {name: {key: statistics.median(v) for key, v in t.items()} for name, t in timings.items()}
+        result[step_key] = {"runs": timings, "median": med, "teacher_weights_mb": teacher_mb, "steps": steps,
+                            "cache_step_speedup": med["live"]["step_seconds"] / med["cache"]["step_seconds"],
+                            "cache_peak_memory_saved_mb": med["live"]["peak_rss_mb"] - med["cache"]["peak_rss_mb"]}
+        print(f"\n{step_key}: live {med['live']['step_seconds']:.3f} s, cache {med['cache']['step_seconds']:.3f} s "
+              f"({result[step_key]['cache_step_speedup']:.2f}x); peak RSS live {med['live']['peak_rss_mb']:.0f} MB, "
+              f"cache {med['cache']['peak_rss_mb']:.0f} MB (saved {result[step_key]['cache_peak_memory_saved_mb']:.0f} "
+              f"MB; teacher weights {teacher_mb:.1f} MB)")
+        save()
 
     # 4. Quality, 3 training seeds each.
-    if "quality" in args.parts:
+    if "quality" in args.parts and args.compare_root:
+        result["quality_compare"] = quality_on_compare(ROOT / args.compare_root, work, threads)
+        save()
+    elif "quality" in args.parts:
         quality = {"live": [], "cache_k32": []}
         # --eval-examples 0: the whole test split (make compare's 300 prompts), else that many
         eval_split = [f"eval.max_examples={args.eval_examples}"] if args.eval_examples else []
         for seed in (0, 1, 2):
-            for name, extra in (("live", setups["live"]), ("cache_k32", setups["cache"])):
+            for name, extra in (("live", demo_setups["live"]), ("cache_k32", demo_setups["cache"])):
                 run_dir = work / f"quality_{name}_{seed}"
                 if (Path(f"{run_dir}_eval") / "summary.json").exists():  # measured by an earlier, interrupted call
                     scores = json.loads((Path(f"{run_dir}_eval") / "summary.json").read_text())["models"][name]
@@ -276,12 +343,17 @@ def main() -> None:
             print(f"quality {name}: EM {statistics.mean(em):.1f} ± {statistics.stdev(em):.1f}, "
                   f"ROUGE-L {statistics.mean(rl):.1f} ± {statistics.stdev(rl):.1f}")
 
-    k32 = result["loss_error"].get("smollm2", result["loss_error"]["demo"])["errors"]
-    result["cache_loss_rel_err_k32_max"] = max(k32[name]["32"]["value"] for name in LOSS_NAMES)
-    result["cache_grad_rel_err_k32_max"] = max(k32[name]["32"]["grad"] for name in LOSS_NAMES)
-    result["cache_bytes_per_entry_k32"] = result["bytes"]["32"]["bytes_per_entry"]
-    result["cache_step_speedup"] = result["step"]["cache_step_speedup"]
-    result["cache_peak_memory_saved_mb"] = result["step"]["cache_peak_memory_saved_mb"]
+    # headline figures of `make bench`, from whichever parts this file holds
+    if "loss_error" in result:
+        k32 = result["loss_error"].get("smollm2", result["loss_error"].get("demo"))["errors"]
+        result["cache_loss_rel_err_k32_max"] = max(k32[name]["32"]["value"] for name in LOSS_NAMES)
+        result["cache_grad_rel_err_k32_max"] = max(k32[name]["32"]["grad"] for name in LOSS_NAMES)
+    if "bytes" in result:
+        result["cache_bytes_per_entry_k32"] = result["bytes"]["32"]["bytes_per_entry"]
+    for step_key, prefix in (("step", "cache"), ("step_smollm2", "cache_smollm2")):
+        if step_key in result:
+            result[f"{prefix}_step_speedup"] = result[step_key]["cache_step_speedup"]
+            result[f"{prefix}_peak_memory_saved_mb"] = result[step_key]["cache_peak_memory_saved_mb"]
     save()
     print(f"written to {out}")
 
