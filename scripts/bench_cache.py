@@ -26,6 +26,7 @@
         [--parts errors bytes step quality]   (a subset re-measures those parts, keeping the others from --out;
                                                 each part is saved to --out as soon as it is measured)
         [--pair smollm2 --smollm2-run runs/smollm2]   (the step part with the SmolLM2 pair, into step_smollm2)
+        [--compare-root runs/compare]                 (the quality part at make compare's setting)
 """
 from __future__ import annotations
 

@@ -19,6 +19,9 @@ Two measurements, each with both backends in the same run:
 
     .venv/bin/python scripts/bench_generation.py [--steps 100] [--prompts 64] [--max-new-tokens 64]
         [--smollm2] [--work bench/generation_runs] [--out bench/generation.json]
+    .venv/bin/python scripts/bench_generation.py --on-policy-only smollm2 [--steps 20] [--smollm2-run runs/smollm2]
+        (only the on-policy wall time, with SmolLM2-135M-Instruct teaching its 6-layer student on the
+        teacher answers of `make demo-smollm2`, 48 new tokens; into --out's on_policy_smollm2)
 """
 from __future__ import annotations
 
@@ -142,21 +145,20 @@ def greedy_agreement(model, cfg, tokenizer, prompts: list[list[int]]) -> dict:
             "greedy_logprob_gap_vllm_minus_hf": sum(gaps) / len(gaps) if gaps else 0.0}
 
 
-def on_policy_wall_time(teacher: Path, student: Path, work: Path, args) -> dict:
+def on_policy_wall_time(models: list[str], work: Path, args, max_new_tokens: int, label: str = "") -> dict:
     """The same on-policy distill run with each backend, whole command timed."""
     common = ["distill", "off_policy=on_policy", "off_policy.lmbda=1.0", f"train.max_steps={args.steps}",
               f"train.micro_batch_size={args.micro_batch}", "train.eval_interval=0",
-              f"generation.max_new_tokens={args.max_new_tokens}", f"teacher_dir={teacher}", f"student_dir={student}",
-              "overwrite=true"]
+              f"generation.max_new_tokens={max_new_tokens}", *models, "overwrite=true"]
     seconds = {}
     for backend in ("hf", "vllm"):
-        run_dir = work / f"on_policy_{backend}"
+        run_dir = work / f"on_policy{label}_{backend}"
         seconds[backend] = distillm(*common, f"generation.backend={backend}", f"run_dir={run_dir}")
         print(f"on-policy distill, {args.steps} steps, generation.backend={backend}: {seconds[backend]:.1f} s",
               flush=True)
     losses = {}
     for backend in ("hf", "vllm"):
-        lines = (work / f"on_policy_{backend}" / "metrics.jsonl").read_text().splitlines()
+        lines = (work / f"on_policy{label}_{backend}" / "metrics.jsonl").read_text().splitlines()
         losses[backend] = json.loads(lines[-1])["loss"]
     return {"steps": args.steps, "micro_batch": args.micro_batch, "hf_s": seconds["hf"], "vllm_s": seconds["vllm"],
             "speedup": seconds["hf"] / seconds["vllm"], "final_loss": losses}
@@ -178,12 +180,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="bench/generation_runs")
     parser.add_argument("--out", default="bench/generation.json")
+    parser.add_argument("--on-policy-only", choices=("smollm2",), default=None,
+                        help="measure only the on-policy wall time, with this pair")
+    parser.add_argument("--smollm2-run", default="runs/smollm2",
+                        help="a `make demo-smollm2` run dir: its teacher answers are the data of --on-policy-only")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     work = (ROOT / args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.on_policy_only:
+        answers = ROOT / args.smollm2_run
+        pair = ["model=smollm2", "data=smollm2", f"data.path={answers / 'teacher_train' / 'generations.jsonl'}",
+                f"data.valid_path={answers / 'teacher_valid' / 'generations.jsonl'}", "train.warmup_steps=0"]
+        on_policy = on_policy_wall_time(pair, work, args, max_new_tokens=48, label="_smollm2")
+        print(f"on-policy distill, SmolLM2 pair: vLLM {on_policy['speedup']:.2f}x faster end to end", flush=True)
+        out = ROOT / args.out
+        kept = json.loads(out.read_text()) if out.exists() else {}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**kept, "on_policy_smollm2": on_policy,
+                                   "on_policy_smollm2_speedup": on_policy["speedup"]}, indent=2) + "\n")
+        print(f"written to {out}")
+        return
     teacher, student = sft_pair(work, args.sft_steps, args.micro_batch)
     models = [("tiny-student (SFT)", [f"student_dir={student}"]), ("tiny-teacher (SFT)", [f"student_dir={teacher}"])]
     generation = [tokens_per_second(label, overrides, args, prompts=args.prompts, max_new_tokens=args.max_new_tokens,
@@ -192,7 +211,8 @@ def main() -> None:
         generation.append(tokens_per_second("SmolLM2-135M-Instruct", ["model=smollm2", "data=smollm2",
                                             "model.student=smollm2-teacher"], args, prompts=args.smollm2_prompts,
                                             max_new_tokens=args.smollm2_max_new_tokens, repeats=1))
-    on_policy = on_policy_wall_time(teacher, student, work, args)
+    on_policy = on_policy_wall_time([f"teacher_dir={teacher}", f"student_dir={student}"], work, args,
+                                    max_new_tokens=args.max_new_tokens)
     print(f"on-policy distill: vLLM {on_policy['speedup']:.2f}x faster end to end", flush=True)
     result = {"generation": generation, "on_policy": on_policy, "threads": args.threads,
               "tiny_tok_s_ratio": generation[0]["ratio"], "on_policy_speedup": on_policy["speedup"]}
