@@ -86,12 +86,14 @@ def implied_overrides(stage: str, overrides: list[str]) -> list[str]:
     the default schedule (adaptive) trains on fresh student samples, which need a live teacher, so
     the run takes off_policy=none and says so. An off_policy (or experiment) the user named is
     kept, and refused by validate() if it needs samples."""
-    keys = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
-    cached = any(o.split("=", 1)[0].lstrip("+") == "teacher_cache" and o.split("=", 1)[1:] != [""]
-                 for o in overrides)
+    named = [override.partition("=") for override in overrides]  # (key, "=", value)
+    keys = {key.lstrip("+~") for key, _, _ in named}
+    cached = any(key.lstrip("+") == "teacher_cache" and value for key, _, value in named)
     if stage != "distill" or not cached or keys & {"off_policy", "experiment"}:
         return []
-    if int(os.environ.get("RANK", "0")) == 0:
+    from .runtime import launched_rank  # (imports torch: only on this path)
+
+    if launched_rank() == 0:
         print("distillm: teacher_cache given without off_policy: using off_policy=none (fresh student samples "
               "need a live teacher)", file=sys.stderr, flush=True)
     return ["off_policy=none"]

@@ -102,6 +102,14 @@ def progress_bar(description: str, total: int, start: int = 0, every_steps: int 
         yield Bar(progress, task, start)
 
 
+def mean_std(values: list[float], digits: int = 2) -> str:
+    """'mean ± std' of a few runs (sample std; 0 for one run), as the result tables print them."""
+    import statistics
+
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
+
+
 def print_table(title: str, columns: list[str], rows: list[list]) -> None:
     if not is_main_process():
         return

@@ -172,18 +172,26 @@ def quality_on_compare(root: Path, work: Path, threads: list[str]) -> dict:
     result = {"setting": "make compare, skew_fkl, 300 x 32 from each seed's SFT student, 300 test prompts",
               "runs": runs}
     for name, scored in runs.items():
-        em, rl = [r["exact_match"] for r in scored], [r["rouge_l"] for r in scored]
-        result[name] = {"exact_match_mean": statistics.mean(em), "exact_match_std": statistics.stdev(em),
-                        "rouge_l_mean": statistics.mean(rl), "rouge_l_std": statistics.stdev(rl)}
-        print(f"quality at make compare's setting, {name}: ROUGE-L {statistics.mean(rl):.2f} ± "
-              f"{statistics.stdev(rl):.2f} ({', '.join(f'{x:.2f}' for x in rl)}), EM {statistics.mean(em):.1f} ± "
-              f"{statistics.stdev(em):.1f}")
+        stats = result[name] = seed_stats(scored)
+        per_seed = ", ".join(f"{run['rouge_l']:.2f}" for run in scored)
+        print(f"quality at make compare's setting, {name}: ROUGE-L {stats['rouge_l_mean']:.2f} ± "
+              f"{stats['rouge_l_std']:.2f} ({per_seed}), "
+              f"EM {stats['exact_match_mean']:.1f} ± {stats['exact_match_std']:.1f}")
     return result
 
 
 def scores_of(run_dir: Path) -> dict:
     scores = json.loads((run_dir / "summary.json").read_text())["scores"]["student"]
     return {"exact_match": scores["exact_match"]["mean"], "rouge_l": scores["rouge_l"]["mean"]}
+
+
+def seed_stats(runs: list[dict]) -> dict:
+    """Mean and std over the seeds' runs ({exact_match, rouge_l} each) of both scores."""
+    stats = {}
+    for key in ("exact_match", "rouge_l"):
+        values = [run[key] for run in runs]
+        stats[f"{key}_mean"], stats[f"{key}_std"] = statistics.mean(values), statistics.stdev(values)
+    return stats
 
 
 def main() -> None:
@@ -313,8 +321,6 @@ def main() -> None:
         save()
     elif "quality" in args.parts:
         quality = {"live": [], "cache_k32": []}
-        # --eval-examples 0: the whole test split (make compare's 300 prompts), else that many
-        eval_split = [f"eval.max_examples={args.eval_examples}"] if args.eval_examples else []
         for seed in (0, 1, 2):
             for name, extra in (("live", demo_setups["live"]), ("cache_k32", demo_setups["cache"])):
                 run_dir = work / f"quality_{name}_{seed}"
@@ -326,8 +332,8 @@ def main() -> None:
                 distillm("distill", "off_policy=none", f"train.max_steps={args.quality_steps}", "loss=skew_rkl",
                          f"student_dir={student}", f"seed={seed}", "overwrite=true", *extra, *threads,
                          f"run_dir={run_dir}")
-                distillm("evaluate", f"+eval.models.{name}={run_dir / 'checkpoint'}", *eval_split,
-                         f"run_dir={run_dir}_eval", "overwrite=true",
+                distillm("evaluate", f"+eval.models.{name}={run_dir / 'checkpoint'}",
+                         f"eval.max_examples={args.eval_examples}", f"run_dir={run_dir}_eval", "overwrite=true",
                          *threads)
                 scores = json.loads((Path(f"{run_dir}_eval") / "summary.json").read_text())["models"][name]
                 quality[name].append({"seed": seed, "exact_match": scores["exact_match"]["mean"],
@@ -337,12 +343,9 @@ def main() -> None:
                 save()  # an interrupted comparison keeps the seeds it finished
         result["quality"] = {"steps": args.quality_steps, "eval_examples": args.eval_examples, "runs": quality}
         for name, runs in quality.items():
-            em = [r["exact_match"] for r in runs]
-            rl = [r["rouge_l"] for r in runs]
-            result["quality"][name] = {"exact_match_mean": statistics.mean(em), "exact_match_std": statistics.stdev(em),
-                                       "rouge_l_mean": statistics.mean(rl), "rouge_l_std": statistics.stdev(rl)}
-            print(f"quality {name}: EM {statistics.mean(em):.1f} ± {statistics.stdev(em):.1f}, "
-                  f"ROUGE-L {statistics.mean(rl):.1f} ± {statistics.stdev(rl):.1f}")
+            stats = result["quality"][name] = seed_stats(runs)
+            print(f"quality {name}: EM {stats['exact_match_mean']:.1f} ± {stats['exact_match_std']:.1f}, "
+                  f"ROUGE-L {stats['rouge_l_mean']:.1f} ± {stats['rouge_l_std']:.1f}")
 
     # headline figures of `make bench`, from whichever parts this file holds
     if "loss_error" in result:

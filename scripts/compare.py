@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distillm_cli.ui import print_table  # noqa: E402
+from distillm_cli.ui import mean_std, print_table  # noqa: E402
 
 LOSSES = ("fkl", "rkl", "jsd", "tvd", "skew_fkl", "skew_rkl")
 # cache.k at or above the toy vocabulary (99): the cache keeps every token, so the cached losses are the
@@ -162,11 +162,6 @@ def rouge(run_dir: Path) -> float:
     return summary(run_dir)["scores"]["student"]["rouge_l"]["mean"]
 
 
-def spread(values: list[float], digits: int = 2) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
-
-
 def loss_table(root: Path, seeds: list[int]) -> tuple[list[str], list[list[str]], dict]:
     rows: dict[str, dict[int, Path]] = {"teacher": {s: root / "teacher" for s in seeds},
                                         "SFT-only student (start of every row below)":
@@ -191,8 +186,8 @@ def loss_table(root: Path, seeds: list[int]) -> tuple[list[str], list[list[str]]
         # paired by seed: the same SFT student under both, so its own seed noise cancels
         versus_seqkd = [rouge(runs[s]) - seqkd[s] for s in seeds]
         shared = name == "teacher" or name.startswith(("SFT-only", "capacity"))
-        wins = f"{spread(versus_seqkd)} (above on {sum(d > 0 for d in versus_seqkd)}/{len(seeds)} seeds)"
-        table.append([name, spread(scores), spread(em, 1), "" if shared else spread(gap, 0) + " %",
+        wins = f"{mean_std(versus_seqkd)} (above on {sum(d > 0 for d in versus_seqkd)}/{len(seeds)} seeds)"
+        table.append([name, mean_std(scores), mean_std(em, 1), "" if shared else mean_std(gap, 0) + " %",
                       "" if shared or name.startswith("SeqKD") else wins, f"{statistics.fmean(seconds):.0f}s"])
         figures[name] = {"rouge_l": scores, "exact_match": em, "gap_closed_percent": gap,
                          "minus_seqkd": versus_seqkd, "train_seconds": seconds}
@@ -208,8 +203,8 @@ def off_policy_table(root: Path, seeds: list[int]) -> tuple[list[str], list[list
         fresh = [run["source_counts"]["fresh"] for run in runs]
         buffer = [run["source_counts"]["buffer"] for run in runs]
         phi = [run["final_phi"] for run in runs]
-        table.append([mode, spread(scores), f"{statistics.fmean(seconds):.0f}s ± {statistics.pstdev(seconds):.0f}",
-                      f"{statistics.fmean(fresh):.0f} / {statistics.fmean(buffer):.0f}", spread(phi)])
+        table.append([mode, mean_std(scores), f"{statistics.fmean(seconds):.0f}s ± {statistics.pstdev(seconds):.0f}",
+                      f"{statistics.fmean(fresh):.0f} / {statistics.fmean(buffer):.0f}", mean_std(phi)])
         figures[mode] = {"rouge_l": scores, "train_seconds": seconds, "fresh_steps": fresh, "buffer_steps": buffer,
                          "final_phi": phi}
     return ["off_policy", "ROUGE-L", "train time", "fresh / buffer steps", "final phi"], table, figures

@@ -45,6 +45,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distillm_cli.ui import mean_std  # noqa: E402
+
 STUDENT = "smollm2-student-0.1.2.27.28.29"
 PROTOCOLS = {"sample": "Teacher answers sampled at temperature 1; evaluation samples too (no_repeat_ngram_size 6), "
                        "as in the papers",
@@ -82,11 +86,6 @@ def stage(name: str, root: Path, timings: dict, *overrides: str) -> Path:
 def short(text: str, width: int = 230) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def spread(values: list[float], digits: int = 2) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
 
 
 def main() -> None:
@@ -191,13 +190,13 @@ def main() -> None:
     def paired(kind: str, against: str) -> str:
         """kind minus against, per training seed (the same SeqKD start), and on how many seeds it is above."""
         gaps = [rouge[a] - rouge[b] for a, b in zip(per_seed[kind], per_seed[against])]
-        return f"{spread(gaps)} ({sum(g > 0 for g in gaps)}/{len(gaps)} above)"
+        return f"{mean_std(gaps)} ({sum(g > 0 for g in gaps)}/{len(gaps)} above)"
 
     rows = [["student_before", f"{rouge['student_before']:.2f}", f"{exact['student_before']:.1f}",
              f"{kl['student_before']:.3f}", "", "", "–"]]
     for kind, names in per_seed.items():
-        rows.append([kind, spread([rouge[n] for n in names]), spread([exact[n] for n in names], 1),
-                     spread([kl[n] for n in names], 3), paired(kind, "seqkd_more") if kind != "seqkd_more" else "",
+        rows.append([kind, mean_std([rouge[n] for n in names]), mean_std([exact[n] for n in names], 1),
+                     mean_std([kl[n] for n in names], 3), paired(kind, "seqkd_more") if kind != "seqkd_more" else "",
                      paired(kind, "seqkd") if kind != "seqkd" else "", f"{statistics.fmean(train_seconds[kind]):.0f}"])
     if "teacher_again" in models:
         rows.append(["teacher_again", f"{rouge['teacher_again']:.2f}", f"{exact['teacher_again']:.1f}",
