@@ -336,3 +336,34 @@ def test_engine_steps_with_gradient_accumulation_equal_the_unfused_ones(compose_
             assert rel(grads[True, i][name], value) <= 1e-5, (i, name)
     for name, value in weights[False].items():
         assert rel(weights[True][name], value) <= 1e-5, name
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_through_an_engine_the_models_own_head_makes_no_logits(compose_cfg, runtime, fused):
+    """A DeepSpeed engine answers every attribute of its model, so it once passed for a model without
+    ``logits_to_keep`` and the student's own head made [B, T, V] logits every step (discarded, and
+    most of the step's time at the benchmark's shapes). The head layers may see the kept rows
+    (the rows path applies them there), never more."""
+    from distillm_cli.models.head import causal_lm
+    from distillm_cli.teacher import LiveTeacher
+    from distillm_cli.train.engine import build_engine
+    from distillm_cli.train.objectives import batch_kd_loss, kd_params
+
+    cfg = compose_cfg("distill")
+    engine, teacher_model = build_engine(_llama(), cfg, runtime), _llama(hidden=48).eval()
+    assert causal_lm(engine) is engine.module
+    batch = _batch()
+    kept = int((batch["labels"] != -100).sum())
+    seen = []
+
+    def record(_module, args, _output):
+        seen.append(args[0].shape[:-1].numel())  # rows the head layer projected
+
+    handles = [m.lm_head.register_forward_hook(record) for m in (engine.module, teacher_model)]
+    loss, _ = batch_kd_loss(engine, LiveTeacher(teacher_model, CPU, 60), batch, runtime, 60,
+                            kd_params(cfg.loss, fused_head=fused), normalizer=float(kept))
+    engine.backward(loss, scale_wrt_gas=False)
+    for handle in handles:
+        handle.remove()
+    assert seen and max(seen) <= kept < batch["input_ids"].numel()
+    assert seen.count(0) == 2  # both models' own forwards: no row at all

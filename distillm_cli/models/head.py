@@ -19,7 +19,8 @@ Cohere's ``logit_scale`` and Granite's ``logits_scaling`` (scale), Gemma 2's
 run stops with one line.
 
 The forward goes through the model the caller holds (a DeepSpeed engine included), with
-``logits_to_keep=1`` so the model's own head costs one row per sequence, and a forward
+an empty index tensor as ``logits_to_keep`` so the model's own head makes no logits at all
+(``logits_to_keep=1``, one row per sequence, for models that take only an int), and a forward
 hook on the body keeps its last hidden states. Whatever the caller computes from the rows
 (``reader``) runs inside the model's forward (a hook on the outermost module replaces its
 output), so a DeepSpeed engine sees it as the forward's output and runs its backward
@@ -73,16 +74,14 @@ def transform_logits(z: torch.Tensor, scale: float, softcap: float | None) -> to
 
 def causal_lm(model):
     """The transformers causal LM inside a DeepSpeed engine and/or a peft wrapper."""
-    if hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
-        model = model.module  # a DeepSpeed engine
+    # A DeepSpeed engine holds the model as its child "module". (It also answers every attribute
+    # of the model, get_output_embeddings included, so hasattr cannot tell it from the model.)
+    wrapped = model._modules.get("module") if isinstance(model, torch.nn.Module) else None
+    if wrapped is not None:
+        model = wrapped
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()  # peft: LoRA layers stay injected in the base model
     return model
-
-
-def outermost(model):
-    """The module a forward call on `model` runs first (the engine's module, peft wrapper included)."""
-    return model.module if hasattr(model, "module") and not hasattr(model, "get_output_embeddings") else model
 
 
 def output_head(model, vocab: int) -> OutputHead:
@@ -132,7 +131,7 @@ def response_rows(model, batch: dict, device: torch.device, reader: Callable):
     labels = batch["labels"].to(device)
     keep = labels != IGNORE  # [B, T]
     lm = causal_lm(model)
-    body, top = lm.base_model, outermost(model)
+    body, top = lm.base_model, model  # top: the module the call runs first (the engine, when there is one)
     if body is lm:
         raise UserError(f"{type(lm).__name__} has no separate body to read hidden states from: "
                         "set loss.fused_head=false")
@@ -145,7 +144,7 @@ def response_rows(model, batch: dict, device: torch.device, reader: Callable):
     def replace_output(_module, _args, _output):
         return reader(captured.pop("rows"), labels[keep])
 
-    kwargs = {"logits_to_keep": 1} if _takes_logits_to_keep(lm) else {}
+    kwargs = _no_logits(lm, device)
     handles = [body.register_forward_hook(keep_hidden), top.register_forward_hook(replace_output)]
     try:
         out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
@@ -165,8 +164,16 @@ def _after_forward(x):
     return x.clone() if torch.is_tensor(x) and x.requires_grad else x
 
 
-def _takes_logits_to_keep(lm) -> bool:
-    return "logits_to_keep" in inspect.signature(lm.forward).parameters
+def _no_logits(lm, device) -> dict:
+    """Keyword arguments that make the model's own head cost (almost) nothing: an empty index
+    tensor for ``logits_to_keep`` where the model takes one (its logits are then [B, 0, V]),
+    else the last position of each sequence, else nothing (a model without the argument)."""
+    parameter = inspect.signature(lm.forward).parameters.get("logits_to_keep")
+    if parameter is None:
+        return {}
+    if "Tensor" in str(parameter.annotation):
+        return {"logits_to_keep": torch.empty(0, dtype=torch.long, device=device)}
+    return {"logits_to_keep": 1}
 
 
 @torch.no_grad()
