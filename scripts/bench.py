@@ -4,6 +4,8 @@ Runs, each as its own subprocess (their output streams through):
 
 * scripts/bench_vs_trl.py     distillm vs TRL's GKDTrainer and DistillationTrainer on the same job: throughput and
                               peak memory ratios (random-init GPT-2 shapes)
+* vs_trl_qwen_vocab: scripts/bench_vs_trl.py --vocab 151936, the same job at Qwen2's vocabulary against TRL's
+                              GKDTrainer: where the [B, T, V] logits dominate a step's memory
 * scripts/bench_step.py       one distill step over the sum of its unavoidable parts (and MFU on CUDA)
 * scripts/bench_loss.py       the fused chunked losses vs a full-vocabulary implementation: memory and time
 * scripts/bench_head.py       the loss with the output heads fused in vs the heads' logit rows + loss: memory
@@ -54,8 +56,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
-NAMES = ("vs_trl", "step", "loss", "head", "contrastive", "offpolicy", "generation", "cache", "smollm2",
-         "smollm2_step")
+NAMES = ("vs_trl", "vs_trl_qwen_vocab", "step", "loss", "head", "contrastive", "offpolicy", "generation", "cache",
+         "smollm2", "smollm2_step")
+QWEN_VOCAB = ["--vocab", "151936", "--kinds", "distillm", "trl", "trl_malloc"]
 SMOLLM2 = ("smollm2", "smollm2_step")  # run only when the SmolLM2 teacher is installed
 
 
@@ -64,15 +67,16 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
     rel = os.path.relpath(out_dir, ROOT)
     py = [sys.executable]
     extra = {
-        "quick": {"vs_trl": ["--quick"], "step": ["--quick"], "loss": ["--quick"], "head": ["--quick"],
+        "quick": {"vs_trl": ["--quick"], "vs_trl_qwen_vocab": [*QWEN_VOCAB, "--quick"], "step": ["--quick"], "loss": ["--quick"], "head": ["--quick"],
                   "contrastive": ["--quick"],
                   "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"],
                   "generation": ["--steps", "30", "--sft-steps", "100", "--repeats", "1"], "cache": ["--quick"],
                   "smollm2": ["--steps", "3", "--repeats", "1"], "smollm2_step": ["--quick"]},
-        "full": {"vs_trl": [], "step": [], "loss": [], "head": [], "contrastive": [], "offpolicy": [],
+        "full": {"vs_trl": [], "vs_trl_qwen_vocab": [*QWEN_VOCAB, "--steps", "10", "--repeats", "2"], "step": [], "loss": [], "head": [], "contrastive": [], "offpolicy": [],
                  "generation": ["--smollm2"], "cache": [],
                  "smollm2": ["--steps", "10", "--repeats", "2"], "smollm2_step": ["--repeats", "5"]},
-        "smoke": {"vs_trl": ["--steps", "1", "--repeats", "1"], "step": ["--repeats", "1"],
+        "smoke": {"vs_trl": ["--steps", "1", "--repeats", "1"],
+                  "vs_trl_qwen_vocab": [*QWEN_VOCAB, "--steps", "1", "--repeats", "1"], "step": ["--repeats", "1"],
                   "loss": ["--quick", "--positions", "256", "--losses", "fkl", "--repeats", "1"],
                   "head": ["--positions", "128", "--vocab", "5000", "--hidden", "64", "--repeats", "1"],
                   "contrastive": ["--vocab", "5000", "--pairs", "2", "--seq", "64"],
@@ -84,6 +88,8 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
     threads_flag = ["--threads", str(threads)]
     return {
         "vs_trl": [*py, "scripts/bench_vs_trl.py", *extra["vs_trl"], *threads_flag, "--out", f"{rel}/vs_trl.json"],
+        "vs_trl_qwen_vocab": [*py, "scripts/bench_vs_trl.py", *extra["vs_trl_qwen_vocab"], *threads_flag, "--out",
+                              f"{rel}/vs_trl_qwen_vocab.json"],
         "step": [*py, "scripts/bench_step.py", *extra["step"], *threads_flag, "--out", f"{rel}/step.json"],
         "loss": [*py, "scripts/bench_loss.py", *extra["loss"], *threads_flag, "--out", f"{rel}/loss.json"],
         "head": [*py, "scripts/bench_head.py", *extra["head"], *threads_flag, "--out", f"{rel}/head.json"],
@@ -169,7 +175,7 @@ def _get(record: dict, *keys):
 
 
 def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
-    vs_trl, step, loss, head, contrastive, offpolicy, generation, cache, smollm2, smollm2_step = (
+    vs_trl, qwen_vocab, step, loss, head, contrastive, offpolicy, generation, cache, smollm2, smollm2_step = (
         runs.get(n, {}) for n in NAMES)
     results = {
         "device": device_name(threads),
@@ -186,6 +192,14 @@ def summarize(profile: str, threads: int, runs: dict[str, dict]) -> dict:
             "fused_vs_rows_step_time": _get(vs_trl, "fused_vs_rows_step_time"),
             "first_step_loss_rel_diff": _get(vs_trl, "loss_check", "first_step_rel_diff"),
             **_distill_trainer(vs_trl),
+        },
+        "vs_trl_qwen_vocab": {
+            "vocab": _get(qwen_vocab, "setup", "vocab"),
+            "throughput_ratio": _get(qwen_vocab, "throughput_ratio"),
+            "peak_memory_ratio": _get(qwen_vocab, "peak_memory_ratio"),
+            "throughput_ratio_same_malloc": _get(qwen_vocab, "throughput_ratio_same_malloc"),
+            "peak_memory_ratio_same_malloc": _get(qwen_vocab, "peak_memory_ratio_same_malloc"),
+            "first_step_loss_rel_diff": _get(qwen_vocab, "loss_check", "first_step_rel_diff"),
         },
         "step_overhead_ratio": _get(step, "step_overhead_ratio"),
         "step_overhead_ratio_response_only": _get(step, "step_overhead_ratio_response_only"),
@@ -264,6 +278,11 @@ def print_table(results: dict) -> None:
          f"{_fmt(vs['peak_memory_ratio_distill_trainer_same_malloc'])}", "throughput x / memory x"),
         ("  first-step loss vs DistillationTrainer", _fmt(vs["first_step_loss_rel_diff_distill_trainer"], ".1e"),
          "relative difference"),
+        ("distillm / TRL GKD at vocab 151936: throughput", _fmt(results["vs_trl_qwen_vocab"]["throughput_ratio"]),
+         "x, higher is better"),
+        ("  peak memory", _fmt(results["vs_trl_qwen_vocab"]["peak_memory_ratio"]), "x, target <= 0.25"),
+        ("  same, TRL with distillm's malloc", f"{_fmt(results['vs_trl_qwen_vocab']['throughput_ratio_same_malloc'])}"
+         f" / {_fmt(results['vs_trl_qwen_vocab']['peak_memory_ratio_same_malloc'])}", "throughput x / memory x"),
         ("step / sum of unavoidable parts", _fmt(results["step_overhead_ratio"]), "x, 1.0 is the limit"),
         ("  same, parts with response-only head", _fmt(results.get("step_overhead_ratio_response_only")),
          "x, strict: divergence + glue"),

@@ -81,7 +81,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-VOCAB = 50257
+VOCAB = 50257  # GPT-2's; --vocab changes it for the gpt2 pair (151936: Qwen2's padded vocabulary)
+GPT2_PAD = 50256  # <|endoftext|>, the pad id, never among the random ids
 TEACHER = {"n_layer": 4, "n_embd": 128, "n_head": 4}
 STUDENT = {"n_layer": 2, "n_embd": 64, "n_head": 2}
 BATCH, SEQ, COMPLETION = 8, 128, 96
@@ -101,6 +102,15 @@ KINDS = ("distillm", "distillm_rows", "trl", "trl_malloc", "trl_distill", "trl_d
 # ----------------------------------------------------------------------------- shared set-up
 def pair_vocab(pair: str) -> int:
     return SMOLLM2_VOCAB if pair == "smollm2" else VOCAB
+
+
+def set_vocab(vocab: int) -> None:
+    """The gpt2 pair's vocabulary for this process (its models, ids and loss); GPT-2's tokenizer
+    still gives TRL its pad id, which the ids never use."""
+    global VOCAB
+    if vocab <= GPT2_PAD:
+        raise SystemExit(f"--vocab must be above GPT-2's pad id {GPT2_PAD}")
+    VOCAB = vocab
 
 
 def smollm2_presets() -> dict:
@@ -151,17 +161,18 @@ def checksum(model) -> float:
 def make_token_ids(steps: int, seed: int, pair: str = "gpt2"):
     """[steps * BATCH, SEQ] random token ids; rows i*BATCH..(i+1)*BATCH-1 are step i's batch.
 
-    gpt2: ids 0..50255 (50256, the pad/eos id, left out); smollm2: ids 17..49151 (its special tokens left out).
+    gpt2: ids 0..VOCAB-1 but 50256 (the pad/eos id); smollm2: ids 17..49151 (its special tokens left out).
     """
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     if pair == "smollm2":
         return torch.randint(SMOLLM2_FIRST_ID, SMOLLM2_VOCAB, (steps * BATCH, SEQ), generator=gen)
-    return torch.randint(0, VOCAB - 1, (steps * BATCH, SEQ), generator=gen)
+    ids = torch.randint(0, VOCAB - 1, (steps * BATCH, SEQ), generator=gen)
+    return ids + (ids >= GPT2_PAD).long()  # skip the pad id (no id moves at GPT-2's own vocabulary)
 
 
-def distillm_batches(ids, pad_id: int = VOCAB - 1) -> list[dict]:
+def distillm_batches(ids, pad_id: int = GPT2_PAD) -> list[dict]:
     """The batches as distillm's data path makes them: Example rows (labels shifted) -> collate."""
     import torch
 
@@ -219,7 +230,7 @@ def setup_distillm(cfg, seed: int, pair: str = "gpt2"):
     return runtime, teacher, engine, sums
 
 
-def distill_micro_loss(cfg, teacher, engine, runtime, vocab: int = VOCAB):
+def distill_micro_loss(cfg, teacher, engine, runtime, vocab: int):
     """The distill stage's micro-step for a divergence loss (stages/distill.py, micro_loss)."""
     from distillm_cli.train.objectives import batch_kd_loss, kd_params
 
@@ -291,7 +302,7 @@ def worker_distillm(args) -> dict:
 
 
 def pair_pad_id(pair: str) -> int:
-    return 2 if pair == "smollm2" else VOCAB - 1  # SmolLM2's <|im_end|>; GPT-2's <|endoftext|>
+    return 2 if pair == "smollm2" else GPT2_PAD  # SmolLM2's <|im_end|>; GPT-2's <|endoftext|>
 
 
 def pair_tokenizer(pair: str, directory: Path):
@@ -322,8 +333,8 @@ def gpt2_tokenizer(directory: Path):
          "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}))
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     tokenizer.pad_token = tokenizer.eos_token
-    if len(tokenizer) != VOCAB:
-        raise RuntimeError(f"the GPT-2 tokenizer has {len(tokenizer)} tokens, expected {VOCAB}")
+    if len(tokenizer) != GPT2_PAD + 1:
+        raise RuntimeError(f"the GPT-2 tokenizer has {len(tokenizer)} tokens, expected {GPT2_PAD + 1}")
     return tokenizer
 
 
@@ -474,7 +485,7 @@ def spawn(kind: str, args) -> dict:
         worker = kind.removesuffix("_malloc").removesuffix("_rows")
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker,
                "--result", str(result_path), "--steps", str(args.steps), "--threads", str(args.threads),
-               "--lr", str(args.lr), "--seed", str(args.seed), "--pair", args.pair,
+               "--lr", str(args.lr), "--seed", str(args.seed), "--pair", args.pair, "--vocab", str(args.vocab),
                *(["--rows"] if kind == "distillm_rows" else [])]
         env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC}
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT),
@@ -545,7 +556,8 @@ def summarize(runs: list[dict], args) -> dict:
         models = {"teacher": smollm2_presets()["teacher"], "student": smollm2_presets()["student"],
                   "vocab": SMOLLM2_VOCAB, "data": f"random token ids {SMOLLM2_FIRST_ID}..{SMOLLM2_VOCAB - 1}"}
     else:
-        models = {"teacher": TEACHER, "student": STUDENT, "vocab": VOCAB, "data": f"random token ids 0..{VOCAB - 2}"}
+        models = {"teacher": TEACHER, "student": STUDENT, "vocab": VOCAB,
+                  "data": f"random token ids 0..{VOCAB - 1} but the pad id {GPT2_PAD}"}
     result = {
         "device": device_name(args.threads),
         "pair": args.pair,
@@ -653,6 +665,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 timed steps, 1 round: a smoke run, minutes")
     parser.add_argument("--pair", choices=PAIRS, default="gpt2",
                         help="gpt2: random-init GPT-2 shapes (default); smollm2: model=smollm2's teacher and student")
+    parser.add_argument("--vocab", type=int, default=VOCAB,
+                        help=f"the gpt2 pair's vocabulary (default {VOCAB}; 151936: Qwen2's, as make bench-full runs it)")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
                         help="the trainers to run (default: all; distillm is always run)")
     parser.add_argument("--threads", type=int, default=2)
@@ -669,6 +683,9 @@ def main(argv=None) -> int:
     args.out = args.out or ("bench/vs_trl_smollm2.json" if args.pair == "smollm2" else "bench/vs_trl.json")
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be positive")
+    if args.vocab != VOCAB and args.pair != "gpt2":
+        parser.error("--vocab is for the gpt2 pair (SmolLM2's vocabulary is its own)")
+    set_vocab(args.vocab)
 
     if args.worker:
         sys.path.insert(0, str(ROOT))

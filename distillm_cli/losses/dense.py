@@ -362,9 +362,9 @@ def _grad_dtype(student_dtype):
     return torch.promote_types(student_dtype, torch.float32)
 
 
-def _budget_rows(vocab, dtype, device):
-    """Rows of one [rows, vocab] work array of this dtype that fit the CHUNK_BYTES budget (at least 1)."""
-    budget = CHUNK_BYTES["cpu" if device.type == "cpu" else "other"]
+def _budget_rows(vocab, dtype, device, budgets=CHUNK_BYTES):
+    """Rows of one [rows, vocab] work array of this dtype that fit the budget (at least 1)."""
+    budget = budgets["cpu" if device.type == "cpu" else "other"]
     return max(1, budget // (vocab * torch.finfo(dtype).bits // 8))
 
 

@@ -15,7 +15,7 @@ and compute exactly the objective of dense.py on (z, z'): for ``kd_objective_hea
 (formulas and numerics in dense.py's docstring), and for ``distillm2_head`` DistiLLM-2's
 contrastive loss of ``dense.distillm2_rows`` on the rows of a pair batch.
 
-How. The rows are visited in chunks of n (the CHUNK_BYTES budget of dense.py). For a
+How. The rows are visited in chunks of n (the HEAD_CHUNK_BYTES budget, below). For a
 chunk, both heads form that chunk's logits [n, V] into reused work arrays, dense.py's
 ``_chunk`` forms the loss terms and G = ∂L/∂z [n, V], and G is pushed back through the
 head at once:
@@ -46,6 +46,22 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .dense import _budget_rows, _chunk, _compute_dtype, _Workspace, add_chunk_terms, distillm2_parts, kd_spec
+
+
+# Upper bound on one [rows, V] work array of the fused-head passes; dense.py's CHUNK_BYTES, but
+# larger on CPU. Each chunk multiplies by both whole head matrices ([V, H]), and a matrix product
+# re-reads (and re-packs) its [V, H] operand on every call: measured on a 2-thread CPU
+# (scripts/bench_step.py, the GPT-2 and SmolLM2 shapes), 32 MiB chunks (~160 rows at V = 50k)
+# left the loss 10-20% slower than one product over all rows, while ~256 rows came within a
+# few percent of it, and the elementwise passes, from RAM either way, did not mind the size.
+HEAD_CHUNK_BYTES = {"cpu": 64 * 2**20, "other": 256 * 2**20}
+
+
+def _head_rows(N: int, V: int, cdt, device, chunk_sizes=()) -> int:
+    """Rows per chunk: within HEAD_CHUNK_BYTES and every chunk_size, then evened out over the
+    chunks so that no small last chunk is left (the head products lose speed below ~200 rows)."""
+    step = max(1, min([int(c) for c in chunk_sizes] + [_budget_rows(V, cdt, device, HEAD_CHUNK_BYTES)]))
+    return -(-N // -(-N // step)) if N else step
 
 
 def _rows(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -142,7 +158,7 @@ def _head_pass(s_hidden, s_head, t_hidden, t_head, labels, parts, need_grad):
     device = s_hidden.device
     cdt = _compute_dtype(s_hidden, s_head.weight, t_hidden, None if t_head is None else t_head.weight)
     specs = [spec for _, _, spec in parts if spec is not None]
-    step = max(1, min([int(spec.chunk_size) for spec in specs] + [_budget_rows(V, cdt, device)]))
+    step = _head_rows(N, V, cdt, device, [spec.chunk_size for spec in specs])
     ws = _Workspace(min(step, max(N, 1)), V, cdt, device)
     grads = _Grads(s_hidden, s_head, cdt, need_weight=True) if need_grad else None
     totals = [torch.zeros((), dtype=cdt, device=device) for _ in range(3)]  # objective, div_sum, ce_sum
@@ -299,7 +315,7 @@ def head_label_logprobs(hidden, head, labels, *, chunk_size=1024):
         raise ValueError(f"labels ({y.numel()}) and hidden rows ({rows.shape[0]}) differ in number")
     cdt = _compute_dtype(rows, head.weight)
     out = torch.empty(rows.shape[0], dtype=cdt, device=rows.device)
-    step = max(1, min(int(chunk_size), _budget_rows(head.vocab, cdt, rows.device)))
+    step = _head_rows(rows.shape[0], head.vocab, cdt, rows.device, [chunk_size])
     ws = _Workspace(min(step, max(rows.shape[0], 1)), head.vocab, cdt, rows.device)
     for lo in range(0, rows.shape[0], step):
         hi = min(rows.shape[0], lo + step)
