@@ -128,9 +128,6 @@ class _Workspace:
             buf = self.bufs[key] = torch.empty(shape, dtype=dtype or self.dtype, device=self.device)
         return buf[:n]  # [n, V]
 
-    def mask(self, n):
-        return self("mask", n, torch.bool)  # [n, V] bool
-
 
 def _log_mix_into(out, la, lx, l1a, ly, tmp):
     """out = log(a·x + (1−a)·y) = logaddexp(log a + log x, log(1−a) + log y). [n, V]"""
@@ -139,75 +136,94 @@ def _log_mix_into(out, la, lx, l1a, ly, tmp):
     return torch.logaddexp(out, tmp, out=out)
 
 
+def _row_sums(term, zero_weight):
+    """(Σ_v term [n], clean) for term = w ⊙ (a log-ratio) with 0 · ±inf = 0 (the rule 0 · log 0 = 0).
+
+    Summed first: a finite row sum means no entry was NaN or infinite, so none needed the rule
+    (clean = True, and every entry of term is already right). Only otherwise (−inf log-probabilities,
+    rare) is the mask formed, ``zero_weight()``: [n, V] bool, true where w = 0 (and nowhere w > 0);
+    those entries are set to 0 and the rows summed again. NaN inputs stay NaN. This spares an [n, V]
+    mask and a masked fill on every chunk (together as costly as two exps on CPU)."""
+    div = term.sum(-1)  # [n]
+    if bool(torch.isfinite(div).all()):
+        return div, True
+    term.masked_fill_(zero_weight(), 0.0)
+    return term.sum(-1), False
+
+
+def _no_mass(d, lm):
+    """Where p = 0, from d = log p − log m and log m alone (p itself overwritten): log p = −inf
+    makes d = −inf where log m is finite, and NaN where log m = −inf (d = +inf there: p > 0)."""
+    return (d == _NEG_INF) | ((lm == _NEG_INF) & d.isnan())
+
+
 def _div_fkl(A, B, G, ws, la, l1a, beta, detach, need_grad):
-    zero_p = ws.mask(A.shape[0])
     p = torch.exp(B, out=G)  # [n, V]
-    torch.eq(p, 0, out=zero_p)  # 0·log 0 = 0
-    div = B.sub_(A).mul_(p).masked_fill_(zero_p, 0.0).sum(-1)  # Σ p (log p − log q)   [n]
+    div, _ = _row_sums(B.sub_(A).mul_(p), lambda: p == 0)  # Σ p (log p − log q)   [n]
     if not need_grad:
         return div, None, None
     return div, p.neg_(), A.exp_()  # h = −p
 
 
 def _div_rkl(A, B, G, ws, la, l1a, beta, detach, need_grad):
-    zero_q = ws.mask(A.shape[0])
     d = B.neg_().add_(A)  # log q − log p
     q = A.exp_()  # [n, V]
-    torch.eq(q, 0, out=zero_q)
-    term = d.mul_(q).masked_fill_(zero_q, 0.0)  # q (log q − log p)
-    div = term.sum(-1)  # [n]
+    term = d.mul_(q)  # q (log q − log p)
+    div, _ = _row_sums(term, lambda: q == 0)  # [n]
     return div, (term if need_grad else None), q
 
 
 def _div_skew_fkl(A, B, G, ws, la, l1a, beta, detach, need_grad):
     n = A.shape[0]
-    C, mask = ws("C", n), ws.mask(n)
+    C = ws("C", n)
     lm = _log_mix_into(G, la, B, l1a, A, C)  # log m = log(α p + (1−α) q)   [n, V]
     p = torch.exp(B, out=C)
-    torch.eq(p, 0, out=mask)
     d = B.sub_(lm)  # log p − log m
-    div = p.mul_(d).masked_fill_(mask, 0.0).sum(-1)  # [n]
+    div, clean = _row_sums(p.mul_(d), lambda: _no_mass(d, lm))  # [n] (p is overwritten by the terms)
     if not need_grad:
         return div, None, None
     if detach:  # the student appears only inside the (constant) mixture
         return div, None, A.exp_()
-    # h = −(1−α) p q / m = −(1−α) exp(log p + log q − log m); 0 where m = 0.
-    torch.eq(lm, _NEG_INF, out=mask)
-    h = d.add_(A).exp_().masked_fill_(mask, 0.0)
+    # h = −(1−α) p q / m = −(1−α) exp(log p + log q − log m); 0 where m = 0 (only possible when
+    # a row was not clean: m = 0 makes that entry's log p − log m NaN).
+    h = d.add_(A).exp_()
+    if not clean:
+        h.masked_fill_(lm == _NEG_INF, 0.0)
     h.mul_(l1a.exp().neg_() if torch.is_tensor(l1a) else -math.exp(l1a))
     return div, h, A.exp_()
 
 
 def _div_skew_rkl(A, B, G, ws, la, l1a, beta, detach, need_grad):
     n = A.shape[0]
-    C, zero_q = ws("C", n), ws.mask(n)
+    C = ws("C", n)
     lm = _log_mix_into(G, la, A, l1a, B, C)  # log m = log(α q + (1−α) p)   [n, V]
     d = torch.sub(A, lm, out=B)  # log q − log m
     v = None
     if need_grad and not detach and not _is_zero(la):
         v = torch.add(A, d, out=C).add_(la).exp_()  # α q² / m = exp(log α + 2 log q − log m)
     q = A.exp_()
-    torch.eq(q, 0, out=zero_q)
-    term = d.mul_(q).masked_fill_(zero_q, 0.0)  # q (log q − log m)
-    div = term.sum(-1)  # [n]
+    term = d.mul_(q)  # q (log q − log m)
+    div, clean = _row_sums(term, lambda: q == 0)  # [n]
     if not need_grad:
         return div, None, None
     if v is not None:
-        term.sub_(v.masked_fill_(zero_q, 0.0))
+        if not clean:  # NaN where q = m = 0 (not possible in a clean row)
+            v.masked_fill_(q == 0, 0.0)
+        term.sub_(v)
     return div, term, q
 
 
 def _div_jsd(A, B, G, ws, la, l1a, beta, detach, need_grad):
     n = A.shape[0]
-    C, mask = ws("C", n), ws.mask(n)
+    C = ws("C", n)
     lm = _log_mix_into(G, math.log(beta), B, math.log1p(-beta), A, C)  # log(β p + (1−β) q)   [n, V]
     p = torch.exp(B, out=C)
-    torch.eq(p, 0, out=mask)
-    div_p = p.mul_(B.sub_(lm)).masked_fill_(mask, 0.0).sum(-1)  # Σ p (log p − log m)   [n]
+    d = B.sub_(lm)  # log p − log m
+    div_p, _ = _row_sums(p.mul_(d), lambda: _no_mass(d, lm))  # Σ p (log p − log m)   [n]
     q = torch.exp(A, out=C)
-    torch.eq(q, 0, out=mask)
-    term = A.sub_(lm).mul_(q).masked_fill_(mask, 0.0)  # q (log q − log m)
-    div = beta * div_p + (1.0 - beta) * term.sum(-1)  # [n]
+    term = A.sub_(lm).mul_(q)  # q (log q − log m)
+    div_q, _ = _row_sums(term, lambda: q == 0)
+    div = beta * div_p + (1.0 - beta) * div_q  # [n]
     if not need_grad:
         return div, None, None
     return div, term.mul_(1.0 - beta), q
