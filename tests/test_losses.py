@@ -327,6 +327,17 @@ def test_minus_inf_at_different_entries(name, alpha):
     assert float(g[..., 2].abs().max()) == 0.0  # q = 0 there and stays 0
 
 
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("side", ["student", "teacher"])
+def test_a_nan_logit_makes_the_loss_nan(name, side):
+    """0 · log 0 = 0 is applied only where a probability is 0: a NaN logit is not hidden as 0
+    (the distill loop's finiteness check must see it before the optimizer does)."""
+    s, t, mask = make(seed=20, V=8)
+    (s if side == "student" else t)[0, 0, 3] = float("nan")
+    v, _ = value_and_grad(LOSSES[name], s.float(), t.float(), mask, alpha=0.1)
+    assert bool(torch.isnan(v))
+
+
 @pytest.mark.parametrize("name", ["fkl", "skew_fkl", "skew_rkl", "jsd", "tvd"])
 def test_minus_inf_only_in_the_teacher(name):
     s, t, mask = make(seed=18, V=8)
