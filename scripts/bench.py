@@ -67,12 +67,13 @@ def commands(profile: str, out_dir: Path, threads: int) -> dict[str, list[str]]:
     rel = os.path.relpath(out_dir, ROOT)
     py = [sys.executable]
     extra = {
-        "quick": {"vs_trl": ["--quick"], "vs_trl_qwen_vocab": [*QWEN_VOCAB, "--quick"], "step": ["--quick"], "loss": ["--quick"], "head": ["--quick"],
-                  "contrastive": ["--quick"],
+        "quick": {"vs_trl": ["--quick"], "vs_trl_qwen_vocab": [*QWEN_VOCAB, "--quick"], "step": ["--quick"],
+                  "loss": ["--quick"], "head": ["--quick"], "contrastive": ["--quick"],
                   "offpolicy": ["--steps", "20", "--sft-steps", "100", "--eval-examples", "30"],
                   "generation": ["--steps", "30", "--sft-steps", "100", "--repeats", "1"], "cache": ["--quick"],
                   "smollm2": ["--steps", "3", "--repeats", "1"], "smollm2_step": ["--quick"]},
-        "full": {"vs_trl": [], "vs_trl_qwen_vocab": [*QWEN_VOCAB, "--steps", "10", "--repeats", "2"], "step": [], "loss": [], "head": [], "contrastive": [], "offpolicy": [],
+        "full": {"vs_trl": [], "vs_trl_qwen_vocab": [*QWEN_VOCAB, "--steps", "10", "--repeats", "2"], "step": [],
+                 "loss": [], "head": [], "contrastive": [], "offpolicy": [],
                  "generation": ["--smollm2"], "cache": [],
                  "smollm2": ["--steps", "10", "--repeats", "2"], "smollm2_step": ["--repeats", "5"]},
         "smoke": {"vs_trl": ["--steps", "1", "--repeats", "1"],

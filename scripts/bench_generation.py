@@ -15,7 +15,9 @@ Two measurements, each with both backends in the same run:
 * on-policy distill wall time: `distillm distill off_policy=on_policy off_policy.lmbda=1.0`
   (fresh student samples every step) for --steps steps from the same SFT student, once per
   backend, the whole command timed (process start, loading, the vLLM engine's start,
-  training, saving).
+  training, saving); beside it the seconds each run spent sampling (the steps' ``sample_s``,
+  weight reloads into vLLM included) and the bound on any backend: the hf run's time over
+  that time less its sampling.
 
     .venv/bin/python scripts/bench_generation.py [--steps 100] [--prompts 64] [--max-new-tokens 64]
         [--smollm2] [--work bench/generation_runs] [--out bench/generation.json]
@@ -156,12 +158,21 @@ def on_policy_wall_time(models: list[str], work: Path, args, max_new_tokens: int
         seconds[backend] = distillm(*common, f"generation.backend={backend}", f"run_dir={run_dir}")
         print(f"on-policy distill, {args.steps} steps, generation.backend={backend}: {seconds[backend]:.1f} s",
               flush=True)
-    losses = {}
+    losses, sampling = {}, {}
     for backend in ("hf", "vllm"):
-        lines = (work / f"on_policy{label}_{backend}" / "metrics.jsonl").read_text().splitlines()
-        losses[backend] = json.loads(lines[-1])["loss"]
+        records = [json.loads(line) for line in
+                   (work / f"on_policy{label}_{backend}" / "metrics.jsonl").read_text().splitlines()]
+        losses[backend] = records[-1]["loss"]
+        sampling[backend] = sum(r.get("sample_s", 0.0) for r in records)  # seconds inside the generator
+    # The bound on any backend: the hf run with its sampling taking no time at all.
+    bound = seconds["hf"] / max(seconds["hf"] - sampling["hf"], 1e-9)
+    ratio = sampling["hf"] / max(sampling["vllm"], 1e-9)
+    print(f"  seconds sampling: hf {sampling['hf']:.1f}, vllm {sampling['vllm']:.1f} (vLLM {ratio:.2f}x); the rest of"
+          f" the hf run {seconds['hf'] - sampling['hf']:.1f} s: no backend can make it more than {bound:.2f}x faster",
+          flush=True)
     return {"steps": args.steps, "micro_batch": args.micro_batch, "hf_s": seconds["hf"], "vllm_s": seconds["vllm"],
-            "speedup": seconds["hf"] / seconds["vllm"], "final_loss": losses}
+            "speedup": seconds["hf"] / seconds["vllm"], "final_loss": losses, "sampling_s": sampling,
+            "sampling_speedup": ratio, "speedup_bound": bound}
 
 
 def main() -> None:

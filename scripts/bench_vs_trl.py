@@ -666,7 +666,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pair", choices=PAIRS, default="gpt2",
                         help="gpt2: random-init GPT-2 shapes (default); smollm2: model=smollm2's teacher and student")
     parser.add_argument("--vocab", type=int, default=VOCAB,
-                        help=f"the gpt2 pair's vocabulary (default {VOCAB}; 151936: Qwen2's, as make bench-full runs it)")
+                        help=f"the gpt2 pair's vocabulary (default {VOCAB}; 151936: Qwen2's, as make bench-full runs)")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
                         help="the trainers to run (default: all; distillm is always run)")
     parser.add_argument("--threads", type=int, default=2)

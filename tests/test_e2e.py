@@ -64,6 +64,8 @@ def test_adaptive_off_policy_trains_on_fresh_and_buffered_samples(tmp_path):
     assert all(re.search(r"loss \d+\.\d{4}  lr \S+ .* tok/s  elapsed \d:\d\d:\d\d  eta ", line) for line in progress)
     sources = [m["data_source"] for m in read_metrics(run_dir)]
     assert "fresh" in sources and "buffer" in sources
+    # the seconds spent sampling: only where fresh samples were drawn
+    assert all((m["sample_s"] > 0) == (m["data_source"] == "fresh") for m in read_metrics(run_dir))
     sizes = [m["buffer_size"] for m in read_metrics(run_dir)]
     assert sizes == sorted(sizes) and sizes[-1] == min(128, 16 * sources.count("fresh"))
 

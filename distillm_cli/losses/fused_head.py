@@ -47,7 +47,6 @@ from torch.autograd.function import once_differentiable
 
 from .dense import _budget_rows, _chunk, _compute_dtype, _Workspace, add_chunk_terms, distillm2_parts, kd_spec
 
-
 # Upper bound on one [rows, V] work array of the fused-head passes; dense.py's CHUNK_BYTES, but
 # larger on CPU. Each chunk multiplies by both whole head matrices ([V, H]), and a matrix product
 # re-reads (and re-packs) its [V, H] operand on every call: measured on a 2-thread CPU

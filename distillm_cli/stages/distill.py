@@ -13,6 +13,7 @@ last weights, or the best validation step's).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -64,22 +65,27 @@ def run(cfg) -> dict:
     def plan_step(step: int) -> StepPlan:
         """This step's micro-batches from the source the schedule picks (the same on every rank)."""
         source = schedule.decide(step)
-        batches = []
+        batches, sampling = [], 0.0
         for micro in range(cfg.train.grad_accum):
             if source == "dataset":
                 examples = stream.next()
             elif source == "fresh":
                 prompts = [e.input_ids[:e.prompt_len].tolist() for e in stream.next()]
                 seed = (cfg.seed * 7919 + step) * 64 + micro + 1000 * runtime.rank
+                started = time.perf_counter()
+                responses = sampler.generate(prompts, seed=seed)
+                sampling += time.perf_counter() - started
                 # Each response keeps the end token it stopped at; one cut by the limit has none.
-                examples = [build_example(p, r, cfg.data.max_length)
-                            for p, r in zip(prompts, sampler.generate(prompts, seed=seed))]
+                examples = [build_example(p, r, cfg.data.max_length) for p, r in zip(prompts, responses)]
                 schedule.buffer.push([vars(e) for e in examples])
             else:
                 examples = [Example(**s) for s in schedule.sample_buffer(mb, step * 64 + micro, runtime.rank)]
             batches.append(collate(examples, pad))
         engine.train()
-        return StepPlan(batches, {"phi": schedule.phi, "data_source": source, "buffer_size": len(schedule.buffer)})
+        # sample_s: this rank's seconds in the generator (0 for dataset and replay steps): what a faster
+        # generation backend can save at most.
+        return StepPlan(batches, {"phi": schedule.phi, "data_source": source, "buffer_size": len(schedule.buffer),
+                                  "sample_s": round(sampling, 4)})
 
     loss_params = kd_params(cfg.loss)
 
