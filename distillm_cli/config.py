@@ -101,8 +101,8 @@ class LossConfig:
     chunk_size: int = 1024
     # Fuse both models' output heads into the loss (losses/fused_head.py): the [N, V] logits of the
     # response rows and their gradient never exist, only one chunk at a time (a distill step's peak
-    # memory 0.43x at the GPT-2 benchmark shapes, 0.81x with SmolLM2-135M, for 1.02-1.03x its time on
-    # 2 CPU cores). false: the heads make the logit rows and the loss reads them (losses/dense.py);
+    # memory 0.31x at the GPT-2 benchmark shapes, 0.76x with SmolLM2-135M, for 0.98x / 1.01x its time
+    # on 2 CPU cores). false: the heads make the logit rows and the loss reads them (losses/dense.py);
     # same values and gradients; needed for a model whose head cannot be fused (one line says so).
     fused_head: bool = True
     # DistiLLM-2 (loss=distillm2): alpha is the SKL skew on teacher responses, alpha_s the
