@@ -1,6 +1,7 @@
 """Never lose work: kill -9 mid-run, resume=auto, and end with identical weights."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,11 @@ def cli(*args):
 
 def weights(run_dir):
     return load_file(str(run_dir / "checkpoint" / "model.safetensors"))
+
+
+def records(path):
+    """The metrics log without its wall-clock fields (seconds spent sampling differ from run to run)."""
+    return [{k: v for k, v in json.loads(line).items() if k != "sample_s"} for line in path.read_text().splitlines()]
 
 
 def test_kill_and_resume_gives_identical_weights(tmp_path):
@@ -49,7 +55,7 @@ def test_kill_and_resume_gives_identical_weights(tmp_path):
         assert (a[name] == b[name]).all(), f"{name} differs after resume"
     lines = (killed / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 12
-    assert (straight / "metrics.jsonl").read_text().splitlines() == lines
+    assert records(straight / "metrics.jsonl") == records(killed / "metrics.jsonl")
 
 
 def test_an_interrupted_save_leaves_the_previous_checkpoint(tmp_path):
