@@ -3,7 +3,6 @@ device, seeds, and sums over ranks. Every stage starts here; nothing here trains
 """
 from __future__ import annotations
 
-import atexit
 import ctypes
 import logging
 import os
@@ -48,15 +47,6 @@ def _tune_cpu_allocator() -> None:
     libc.mallopt(m_top_pad, 64 << 20)
 
 
-def _leave_process_group() -> None:
-    """Destroy the process group while the interpreter still runs: left to the interpreter's own
-    teardown, a rank that had finished could abort with "terminate called without an active
-    exception" (its communication threads destroyed before they were joined; seen once at the end
-    of a 2-process ZeRO-3 run)."""
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
 def setup_runtime(cfg) -> Runtime:
     """Join (or create) the process group: works with or without the deepspeed launcher."""
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
@@ -86,7 +76,6 @@ def setup_runtime(cfg) -> Runtime:
     if not torch.distributed.is_initialized():
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False)
-        atexit.register(_leave_process_group)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     return Runtime(rank=rank, world_size=world, device=device)
 
